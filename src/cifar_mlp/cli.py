@@ -1,0 +1,132 @@
+"""The `cifar-mlp` command: a thin layer of argument parsing over the package's functions.
+
+Problems with the user's input arrive as UserError and are printed as one line (exit code 2), never a traceback.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from cifar_mlp import UserError, __version__
+from cifar_mlp.config import preset_names
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: $CIFAR10_DIR, else ./data)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing dataset")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to compute (default auto: CUDA if any)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="seed", help=f"preset ({', '.join(preset_names())}) or a TOML file path")
+    p.add_argument("--run-dir", required=True, help="output folder of the run")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, value in TOML syntax, e.g. --set model.widths=[1024,512]")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
+    add_data_args(p)
+
+
+def resolve_config(args):
+    """Preset or file (or, with --resume, the run's saved config), then the flag and --set overrides."""
+    from cifar_mlp import config
+    from cifar_mlp.train import saved_config
+
+    overrides = list(args.set)
+    for flag, key in (("epochs", "train.epochs"), ("lr", "optim.lr"), ("batch_size", "train.batch_size"),
+                      ("seed", "train.seed"), ("device", "train.device")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)!r}".replace("'", '"'))
+    if args.resume:
+        raw = saved_config(Path(args.run_dir))
+        for assignment in overrides:
+            (section, key), value = config.parse_override(assignment)
+            raw.setdefault(section, {})[key] = value
+        return config.from_dict(raw)
+    return config.load(args.config, overrides)
+
+
+def cmd_data_check(args) -> None:
+    from cifar_mlp.data import CLASSES, SPLIT_NAMES, class_counts, load_cifar10, make_splits
+
+    data = load_cifar10(args.data_dir, not args.no_download)
+    splits = make_splits(data, args.val_per_class, args.split_seed, "cpu")
+    print(f"loaded {data.folder} in {data.load_seconds:.2f}s")
+    print(f"{'split':<11}{'images':>8}  " + " ".join(f"{c[:8]:>8}" for c in CLASSES))
+    for name in SPLIT_NAMES:
+        counts = class_counts(splits[name].labels)
+        print(f"{name:<11}{sum(counts):>8}  " + " ".join(f"{n:>8}" for n in counts))
+    print("train-split mean (R,G,B): " + ", ".join(f"{m:.4f}" for m in splits.mean))
+    print("train-split std  (R,G,B): " + ", ".join(f"{s:.4f}" for s in splits.std))
+    print(f"split seed {args.split_seed}, fingerprint {splits.info['fingerprint']}")
+
+
+def cmd_train(args) -> None:
+    from cifar_mlp.train import train
+
+    cfg = resolve_config(args)
+    history = train(cfg, args.run_dir, args.data_dir, not args.no_download, args.resume, args.overwrite, args.quiet)
+    best = min(history, key=lambda r: r["val_loss"])
+    print(f"done: {len(history)} epochs in {sum(r['epoch_time_s'] for r in history):.1f}s of training; lowest "
+          f"validation loss {best['val_loss']:.4f} at epoch {best['epoch']} (accuracy {best['val_acc']:.4f}); "
+          f"files in {args.run_dir}")
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint path (default best)")
+    p.add_argument("--splits", default="train,validation,test", help="comma-separated subset of the three splits")
+    p.add_argument("--tta", choices=["none", "flip"], default="none",
+                   help="test-time augmentation: flip averages the predictions of each image and its mirror")
+
+
+def cmd_evaluate(args) -> None:
+    from cifar_mlp.evaluate import evaluate_run
+
+    evaluate_run(args.run_dir, args.checkpoint, [s.strip() for s in args.splits.split(",") if s.strip()],
+                 args.out, args.data_dir, args.device or "auto", not args.no_download, args.tta == "flip")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cifar-mlp", description="Fully connected image classifiers for CIFAR-10.")
+    parser.add_argument("--version", action="version", version=f"cifar-mlp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data-check", help="load CIFAR-10, split it and print what was loaded")
+    p.add_argument("--val-per-class", type=int, default=500)
+    p.add_argument("--split-seed", type=int, default=0)
+    add_data_args(p)
+    p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("train", help="train a model into a run directory")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, confusion matrices and plots of a trained run")
+    p.add_argument("run_dir", help="a run directory written by cifar-mlp train")
+    p.add_argument("--out", help="output folder (default: the run directory)")
+    add_evaluate_args(p)
+    add_data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"cifar-mlp: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("cifar-mlp: interrupted; a run keeps its last completed epoch: continue it with --resume",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""CIFAR-10 on disk -> validated arrays -> a stratified train/validation split -> normalised tensors on the device.
+
+The data folder may be read-only and is never written to, except by a download the user asked for. Each split
+is held once as a tensor on the device, normalised once; training batches are drawn by indexing it.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import time
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifar_mlp import UserError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+BATCH_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+# md5 and byte size of the official files, as torchvision's CIFAR10 lists them.
+OFFICIAL = {
+    "data_batch_1": ("c99cafc152244af753f735de768cd75f", 31035704),
+    "data_batch_2": ("d4bba439e000b95fd0a9bffe97cbabec", 31035320),
+    "data_batch_3": ("54ebc095f3ab1f0389bbae665268c751", 31035999),
+    "data_batch_4": ("634d18415352ddfa80567beed471001a", 31035696),
+    "data_batch_5": ("482c414d41f54cd18b22e5b47cb7c3cb", 31035623),
+    "test_batch": ("40351d587109b95175f43aff81a1287e", 31035526),
+}
+DOWNLOAD_HINT = "point --data-dir or CIFAR10_DIR at a folder holding cifar-10-batches-py, or download it again"
+
+
+def resolve_data_dir(flag: str | os.PathLike | None = None) -> Path:
+    """--data-dir, else $CIFAR10_DIR, else ./data."""
+    return Path(flag or os.environ.get("CIFAR10_DIR") or "data")
+
+
+def batch_folder(root: Path) -> Path:
+    """The folder holding the batch files: root/cifar-10-batches-py, or root itself if it holds them."""
+    return root if (root / TEST_FILE).exists() and not (root / BATCH_FOLDER).exists() else root / BATCH_FOLDER
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batch format (dicts, lists, numpy arrays) and refuses anything else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (uint8 images N x 3 x 32 x 32, int64 labels N), with a one-line error for bad files."""
+    if not path.exists():
+        raise UserError(f"CIFAR-10 batch file {path} is missing; {DOWNLOAD_HINT}")
+    raw = path.read_bytes()
+    md5, size = OFFICIAL.get(path.name, (None, None))
+    if len(raw) == size and hashlib.md5(raw).hexdigest() != md5:
+        raise UserError(f"CIFAR-10 batch file {path} is corrupt (md5 checksum mismatch); {DOWNLOAD_HINT}")
+    try:
+        entry = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        data, labels = entry["data"], entry.get("labels", entry.get("fine_labels"))
+    except Exception as e:
+        raise UserError(f"CIFAR-10 batch file {path} cannot be read, truncated or corrupt ({type(e).__name__}: "
+                        f"{e}); {DOWNLOAD_HINT}") from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", type(data).__name__)
+        raise UserError(f"CIFAR-10 batch file {path} holds images of shape {shape}, expected N x 3072 uint8; "
+                        f"{DOWNLOAD_HINT}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(data),):
+        raise UserError(f"CIFAR-10 batch file {path} has {labels.size} labels for {len(data)} images; {DOWNLOAD_HINT}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise UserError(f"CIFAR-10 batch file {path} has labels outside 0..9 (found {labels.min()}..{labels.max()}); "
+                        f"{DOWNLOAD_HINT}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def download(root: Path) -> None:
+    """Fetch and verify the official archive with torchvision; a clear error when offline."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        CIFAR10(str(root), train=True, download=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise UserError(f"CIFAR-10 is not in {root} and downloading it failed ({e}); connect to the internet, or "
+                        "point --data-dir or CIFAR10_DIR at a folder holding cifar-10-batches-py") from None
+
+
+@dataclass
+class Cifar10:
+    """The raw dataset as uint8 arrays in the official order."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    folder: Path
+    load_seconds: float
+
+
+def load_cifar10(root: str | os.PathLike | None = None, allow_download: bool = True) -> Cifar10:
+    start = time.perf_counter()
+    root = resolve_data_dir(root)
+    folder = batch_folder(root)
+    if not folder.is_dir():
+        if not allow_download:
+            raise UserError(f"CIFAR-10 not found: {folder} does not exist; set --data-dir or CIFAR10_DIR to the "
+                            "folder that holds cifar-10-batches-py, or drop --no-download to fetch it (163 MB)")
+        download(root)
+    parts = [read_batch(folder / name) for name in TRAIN_FILES]
+    test_images, test_labels = read_batch(folder / TEST_FILE)
+    return Cifar10(
+        train_images=np.concatenate([p[0] for p in parts]),
+        train_labels=np.concatenate([p[1] for p in parts]),
+        test_images=test_images,
+        test_labels=test_labels,
+        folder=folder,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def split_indices(labels: np.ndarray, val_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified split of the official training images: val_per_class of each class go to validation."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in range(len(CLASSES)):
+        members = np.flatnonzero(labels == c)
+        if len(members) <= val_per_class:
+            raise UserError(f"class {CLASSES[c]} has {len(members)} training images, too few for "
+                            f"data.val_per_class={val_per_class}; lower it with --set data.val_per_class=N")
+        val.append(rng.choice(members, size=val_per_class, replace=False))
+    val_idx = np.sort(np.concatenate(val))
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def split_fingerprint(val_idx: np.ndarray, n_train_images: int) -> str:
+    """A short hash that identifies which images went to validation, recorded with every run."""
+    digest = hashlib.sha256(np.asarray(val_idx, dtype=np.int64).tobytes() + str(n_train_images).encode())
+    return digest.hexdigest()[:16]
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], exact, from a histogram of the 256 values."""
+    values = np.arange(256, dtype=np.float64) / 255
+    mean, std = [], []
+    for c in range(3):
+        counts = torch.from_numpy(images[:, c]).flatten().bincount(minlength=256).numpy()
+        m = counts @ values / counts.sum()
+        mean.append(float(m))
+        std.append(float(np.sqrt(counts @ (values - m) ** 2 / counts.sum())))
+    return mean, std
+
+
+def normalise(images, mean, std, device="cpu") -> torch.Tensor:
+    """uint8 images (N x 3 x 32 x 32, numpy or tensor) -> float32 normalised tensor on the device."""
+    x = torch.as_tensor(images).to(device)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return (x.float().div_(255) - m).div_(s)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # float32 N x 3 x 32 x 32, normalised, on the device
+    labels: torch.Tensor  # int64 N, on the device
+    indices: np.ndarray  # positions in the official train (or test) order
+
+
+@dataclass
+class Splits:
+    train: Split
+    validation: Split
+    test: Split
+    mean: list[float]
+    std: list[float]
+    info: dict  # split seed, sizes, fingerprint: recorded with the run
+
+    def __getitem__(self, name: str) -> Split:
+        return getattr(self, name)
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def make_splits(data: Cifar10, val_per_class: int, split_seed: int, device, mean=None, std=None) -> Splits:
+    """Split, compute normalisation on the train split (unless given, e.g. from a checkpoint), move to device."""
+    train_idx, val_idx = split_indices(data.train_labels, val_per_class, split_seed)
+    if mean is None or std is None:
+        mean, std = channel_stats(data.train_images[train_idx])
+
+    def build(images, labels, idx):
+        return Split(normalise(images[idx], mean, std, device), torch.as_tensor(labels[idx]).to(device), idx)
+
+    test_idx = np.arange(len(data.test_labels))
+    info = {
+        "split_seed": split_seed,
+        "val_per_class": val_per_class,
+        "sizes": {"train": len(train_idx), "validation": len(val_idx), "test": len(test_idx)},
+        "fingerprint": split_fingerprint(val_idx, len(data.train_labels)),
+    }
+    return Splits(
+        train=build(data.train_images, data.train_labels, train_idx),
+        validation=build(data.train_images, data.train_labels, val_idx),
+        test=build(data.test_images, data.test_labels, test_idx),
+        mean=list(mean), std=list(std), info=info,
+    )
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -> tuple[torch.Tensor, ...]:
+    """A seeded permutation of range(n), cut into batches (the last one may be smaller)."""
+    return torch.randperm(n, generator=generator).to(device).split(batch_size)
+
+
+def augment(x: torch.Tensor, kinds: list[str]) -> torch.Tensor:
+    """Batched augmentation on the device: random horizontal flip and random 4-pixel-padded crop."""
+    if "flip" in kinds:
+        flip = torch.rand(len(x), device=x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    if "crop" in kinds:
+        pad = 4
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, len(x), 1), device=x.device)
+        base = torch.arange(32, device=x.device)
+        rows, cols = (base + dy)[:, None, :, None], (base + dx)[:, None, None, :]
+        n = torch.arange(len(x), device=x.device)[:, None, None, None]
+        c = torch.arange(3, device=x.device)[None, :, None, None]
+        x = padded[n, c, rows, cols]
+    return x
+
+
+def class_counts(labels) -> list[int]:
+    return np.bincount(np.asarray(labels), minlength=len(CLASSES)).tolist()

@@ -1,0 +1,55 @@
+"""What a run ran on: versions, hardware and git commit, recorded in every run directory and benchmark."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import cifar_mlp
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from (None outside a git checkout)."""
+    try:
+        here = Path(cifar_mlp.__file__).parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
+
+
+def describe(device: torch.device | str = "cpu") -> dict:
+    device = torch.device(device)
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cifar_mlp": cifar_mlp.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "git_commit": git_commit(),
+    }
+
+
+def machine_line(env: dict) -> str:
+    """A one-line description of the machine, for reports and benchmark output."""
+    hw = env["gpu"] or f"{env['cpu']}, {env['torch_threads']} threads"
+    return f"{hw} (torch {env['torch']}, Python {env['python']})"

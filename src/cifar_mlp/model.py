@@ -1,0 +1,65 @@
+"""The multilayer perceptron: fully connected layers only, outputting logits (softmax is applied at inference).
+
+Training uses cross-entropy on these logits, which is the seed's "softmax + categorical cross-entropy" computed
+in one numerically stable step.
+"""
+
+import torch
+from torch import nn
+
+from cifar_mlp.config import ModelConfig
+
+IN_FEATURES = 3 * 32 * 32
+NUM_CLASSES = 10
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def make_norm(kind: str, width: int) -> nn.Module:
+    return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(kind, lambda _: nn.Identity())(width)
+
+
+class Block(nn.Sequential):
+    """Linear -> activation -> norm -> dropout (the seed's order), or Linear -> norm -> activation -> dropout."""
+
+    def __init__(self, n_in: int, n_out: int, cfg: ModelConfig):
+        act, norm = ACTIVATIONS[cfg.activation](), make_norm(cfg.norm, n_out)
+        middle = [act, norm] if cfg.order == "act-norm" else [norm, act]
+        super().__init__(nn.Linear(n_in, n_out), *middle, nn.Dropout(cfg.dropout))
+        self.residual = cfg.residual and n_in == n_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return x + out if self.residual else out
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        widths = [IN_FEATURES, *cfg.widths]
+        self.blocks = nn.Sequential(*(Block(a, b, cfg) for a, b in zip(widths, widths[1:], strict=False)))
+        self.head = nn.Linear(widths[-1], NUM_CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (N x 3 x 32 x 32, or already flat N x 3072) -> logits N x 10."""
+        return self.head(self.blocks(images.flatten(1)))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(model: MLP) -> str:
+    """One line per layer, for the report and the CLI."""
+    return "\n".join(f"{name}: {module}" for name, module in model.named_modules()
+                     if name and not list(module.children()))
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    """Logits for a whole split in eval mode (dropout off, BatchNorm running statistics), batched."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(chunk) for chunk in images.split(batch_size)])
+    model.train(was_training)
+    return logits.float()
+

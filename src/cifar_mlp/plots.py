@@ -1,0 +1,133 @@
+"""Every figure the project draws, each a function from plain data to a PNG file (no computation of metrics here)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 120
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_history(history: list[dict], path: Path, title: str = "Training history") -> None:
+    """Loss (left) and accuracy (right) per epoch, train and validation."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train", marker="." if len(epochs) < 30 else None)
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], label="validation",
+                marker="." if len(epochs) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    best = min(history, key=lambda r: r["val_loss"])
+    ax_loss.axvline(best["epoch"], color="grey", ls=":", lw=1)
+    ax_loss.set_title(f"loss (lowest validation loss at epoch {best['epoch']})")
+    ax_acc.set_title("accuracy (train: running, in train mode)")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, classes, path: Path, title: str) -> None:
+    """Counts (left) and row-normalised recall (right), class names on both axes, a colour bar each."""
+    fig, axes = plt.subplots(1, 2, figsize=(16, 6.5))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
+    for ax, matrix, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], recall, "row-normalised (recall)", ".2f")):
+        image = ax.imshow(matrix, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(name)
+        threshold = matrix.max() / 2 if matrix.max() else 1
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > threshold else "black")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_table(header: list[str], rows: list[list[str]], path: Path, title: str) -> None:
+    """A table rendered as an image (for the per-class metrics)."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(header), 0.38 * (len(rows) + 2)))
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    table.scale(1, 1.3)
+    for (r, _), cell in table.get_celld().items():
+        if r == 0:
+            cell.set_facecolor("#dbe6f4")
+            cell.set_text_props(weight="bold")
+        elif r % 2 == 0:
+            cell.set_facecolor("#f5f5f5")
+    ax.set_title(title, pad=4)
+    _save(fig, path)
+
+
+def plot_calibration(bins: dict, ece: float, path: Path, title: str) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with bin sizes below."""
+    edges, acc, conf, count = (np.asarray(bins[k]) for k in ("edges", "accuracy", "confidence", "count"))
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 6.5), height_ratios=[3, 1], sharex=True)
+    filled = count > 0
+    ax.bar(centers[filled], acc[filled], width=width[filled], edgecolor="black", alpha=0.7, label="accuracy")
+    ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], color="red", alpha=0.25,
+           label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title(f"{title} (ECE {ece:.4f}, {len(centers)} bins)")
+    ax_count.bar(centers, count, width=width, color="grey")
+    ax_count.set_xlabel("confidence (top-1 probability)")
+    ax_count.set_ylabel("images")
+    _save(fig, path)
+
+
+def plot_gallery(images: np.ndarray, captions: list[str], path: Path, title: str, columns: int = 8) -> None:
+    """uint8 images N x 3 x 32 x 32 in a grid, each with a caption."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_compare(histories: dict[str, list[dict]], path: Path) -> None:
+    """Validation (solid) and train (dotted) loss and validation accuracy of several runs, overlaid."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, history in histories.items():
+        epochs = [r["epoch"] for r in history]
+        (line,) = ax_loss.plot(epochs, [r["val_loss"] for r in history], label=f"{name} (validation)")
+        ax_loss.plot(epochs, [r["train_loss"] for r in history], ls=":", color=line.get_color(),
+                     label=f"{name} (train)")
+        ax_acc.plot(epochs, [r["val_acc"] for r in history], color=line.get_color(), label=name)
+    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "validation accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Run comparison")
+    _save(fig, path)

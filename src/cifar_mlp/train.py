@@ -1,0 +1,193 @@
+"""The training loop: batches by indexing device tensors, one host sync per epoch, atomic checkpoints, exact resume.
+
+A run directory holds config.json, environment.json, history.csv, loss_plot.png and checkpoints/{last,best}.pt.
+"""
+
+import csv
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cifar_mlp import UserError, checkpoint, environment
+from cifar_mlp.config import Config
+from cifar_mlp.data import CLASSES, Cifar10, augment, batch_indices, load_cifar10, make_splits, resolve_device
+from cifar_mlp.model import MLP, predict_logits
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at an optimizer step: linear warm-up, then none/cosine/onecycle.
+
+    cosine decays to 0 along a half cosine; onecycle decays linearly to 0 (after its warm-up ramp).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "none":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"cannot resume: {run_dir}/checkpoints/last.pt does not exist; start the run without "
+                            "--resume")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"run directory {run_dir} already exists; choose another --run-dir, continue it with "
+                            "--resume, or replace it with --overwrite")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def write_history(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def read_history(path: Path) -> list[dict]:
+    with Path(path).open(newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def saved_config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is missing or unreadable ({type(e).__name__}); is {run_dir} a cifar-mlp run "
+                        "directory?") from None
+
+
+def rng_state(shuffle: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resume: bool = False,
+          overwrite: bool = False, quiet: bool = False, data: Cifar10 | None = None) -> list[dict]:
+    """Train cfg into run_dir and return the history (one dict per epoch)."""
+    from cifar_mlp import plots
+
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume, overwrite)
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    resumed = checkpoint.load(last_path) if resume else None
+    device = resolve_device(cfg.train.device)
+    data = data or load_cifar10(data_dir, allow_download)
+    splits = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, device)
+    write_json(cfg.to_dict(), run_dir / "config.json")
+    write_json({**environment.describe(device), "data_folder": str(data.folder), "split": splits.info},
+               run_dir / "environment.json")
+
+    torch.manual_seed(cfg.train.seed)
+    shuffle = torch.Generator().manual_seed(cfg.train.seed)
+    if resumed and resumed["split"]["fingerprint"] != splits.info["fingerprint"]:
+        raise UserError(f"cannot resume {run_dir}: its checkpoint used a different train/validation split")
+    model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else MLP(cfg.model)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    history, best_val_loss = [], math.inf
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        set_rng_state(resumed["rng"], shuffle)
+        history, best_val_loss = resumed["history"], resumed["best_val_loss"]
+
+    train_split, n = splits.train, len(splits.train.labels)
+    steps_per_epoch = math.ceil(n / cfg.train.batch_size)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    use_bf16 = cfg.train.bf16 and device.type == "cuda"
+    show_bar = not quiet and sys.stderr.isatty()
+    bar = tqdm(total=cfg.train.epochs, initial=len(history), desc="epochs", disable=not show_bar)
+    try:
+        for epoch in range(len(history) + 1, cfg.train.epochs + 1):
+            model.train()
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for i, idx in enumerate(batch_indices(n, cfg.train.batch_size, shuffle, device)):
+                lr = cfg.optim.lr * lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps,
+                                              cfg.optim.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = train_split.images[idx], train_split.labels[idx]
+                if cfg.data.augment:
+                    x = augment(x, cfg.data.augment)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                loss_sum += loss.detach() * len(idx)
+                correct += (logits.argmax(1) == y).sum()
+            val_logits = predict_logits(model, splits.validation.images)
+            val_loss = loss_fn(val_logits, splits.validation.labels).item()
+            val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
+            train_loss = loss_sum.item() / n
+            seconds = time.perf_counter() - start
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                kept = f"the last good checkpoint is {last_path}" if history else "no checkpoint was written"
+                raise UserError(f"training diverged: the loss became {train_loss} at epoch {epoch}; {kept}; "
+                                "lower the learning rate (--lr) or enable gradient clipping (--set optim.grad_clip=1)")
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / n, "val_loss": val_loss,
+                   "val_acc": val_acc, "lr": lr, "epoch_time_s": seconds, "samples_per_s": n / seconds}
+            history.append(row)
+            is_best = val_loss < best_val_loss
+            best_val_loss = min(best_val_loss, val_loss)
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(shuffle),
+                "epoch": epoch, "step": epoch * steps_per_epoch, "config": cfg.to_dict(), "mean": splits.mean,
+                "std": splits.std, "classes": list(CLASSES), "split": splits.info, "history": history,
+                "best_val_loss": best_val_loss,
+            }
+            checkpoint.save_atomic(state, last_path)
+            if is_best:
+                checkpoint.save_atomic(state, best_path)
+            write_history(history, run_dir / "history.csv")
+            line = (f"epoch {epoch}/{cfg.train.epochs} train_loss {train_loss:.4f} acc {row['train_acc']:.4f} "
+                    f"val_loss {val_loss:.4f} acc {val_acc:.4f} ({seconds:.1f}s, {row['samples_per_s']:.0f}/s)")
+            if show_bar:
+                bar.set_postfix_str(line.split(" ", 2)[2])
+                bar.update()
+            else:
+                print(line, flush=True)
+    finally:
+        bar.close()
+        if history:
+            plots.plot_history(history, run_dir / "loss_plot.png")
+    return history

@@ -1,0 +1,55 @@
+import pytest
+import torch
+from torch import nn
+
+from cifar_mlp.config import ModelConfig
+from cifar_mlp.model import MLP, parameter_count, predict_logits
+
+
+def test_default_is_the_seed_architecture():
+    model = MLP(ModelConfig())
+    kinds = [type(m).__name__ for m in model.modules() if not list(m.children())]
+    block = ["Linear", "ReLU", "BatchNorm1d", "Dropout"]
+    assert kinds == block * 3 + ["Linear"]
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(3072, 512), (512, 256), (256, 128), (128, 10)]
+    assert all(m.p == 0.2 for m in model.modules() if isinstance(m, nn.Dropout))
+    expected = 3072 * 512 + 512 + 512 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10 + 2 * (512 + 256 + 128)
+    assert parameter_count(model) == expected
+
+
+def test_outputs_logits_for_images_or_flat_vectors():
+    model = MLP(ModelConfig()).eval()
+    x = torch.randn(5, 3, 32, 32)
+    assert model(x).shape == (5, 10)
+    torch.testing.assert_close(model(x), model(x.flatten(1)))
+
+
+@pytest.mark.parametrize("norm, norm_type", [("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm), ("none", None)])
+def test_configurable_depth_norm_activation_order(norm, norm_type):
+    cfg = ModelConfig(widths=[64, 64, 64, 32], norm=norm, activation="gelu", order="norm-act", dropout=0.1)
+    model = MLP(cfg)
+    kinds = [type(m) for m in model.blocks[0]]
+    expected = [nn.Linear, norm_type or nn.Identity, nn.GELU, nn.Dropout]
+    assert kinds == expected
+    assert len(model.blocks) == 4 and model(torch.randn(4, 3072)).shape == (4, 10)
+
+
+def test_residual_only_where_widths_match():
+    model = MLP(ModelConfig(widths=[64, 64, 32], residual=True))
+    assert [b.residual for b in model.blocks] == [False, True, False]
+
+
+def test_only_fully_connected_layers():
+    allowed = (nn.Linear, nn.ReLU, nn.GELU, nn.BatchNorm1d, nn.LayerNorm, nn.Dropout, nn.Identity, nn.Sequential)
+    model = MLP(ModelConfig(widths=[128, 128], residual=True, norm="layer"))
+    assert all(isinstance(m, allowed + (MLP,)) for m in model.modules())
+
+
+def test_predict_logits_uses_eval_mode_and_restores_it():
+    model = MLP(ModelConfig(widths=[16])).train()
+    x = torch.randn(10, 3072)
+    logits = predict_logits(model, x, batch_size=3)
+    assert model.training
+    model.eval()
+    torch.testing.assert_close(logits, model(x))

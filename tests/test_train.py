@@ -1,0 +1,164 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from cifar_mlp import UserError, checkpoint, train
+from cifar_mlp.config import ModelConfig
+from cifar_mlp.train import lr_factor, read_history
+
+TIMING = ("epoch_time_s", "samples_per_s")
+
+
+def without_timing(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def run(cfg, run_dir, root, **kwargs):
+    return train.train(cfg, run_dir, root, allow_download=False, quiet=True, **kwargs)
+
+
+def test_training_lowers_the_loss_and_writes_the_run(tiny_config, synthetic_root, tmp_path):
+    history = run(tiny_config, tmp_path / "run", synthetic_root)
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    for name in ("config.json", "environment.json", "history.csv", "loss_plot.png", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert without_timing(read_history(tmp_path / "run" / "history.csv")) == without_timing(history)
+
+
+def test_checkpoint_contents(tiny_config, synthetic_root, tmp_path):
+    history = run(tiny_config, tmp_path / "run", synthetic_root)
+    last = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    best = checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert last["epoch"] == 4 and len(last["mean"]) == 3 and last["classes"][3] == "cat"
+    assert {"model", "optimizer", "rng", "config", "split", "history"} <= last.keys()
+    best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
+    assert best["epoch"] == best_epoch
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))
+
+
+def test_same_seed_same_history_other_seed_differs(tiny_config, synthetic_root, tmp_path):
+    a = run(tiny_config, tmp_path / "a", synthetic_root)
+    b = run(tiny_config, tmp_path / "b", synthetic_root)
+    assert without_timing(a) == without_timing(b)
+    other = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, seed=1))
+    assert without_timing(run(other, tmp_path / "c", synthetic_root)) != without_timing(a)
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(
+        tiny_config,
+        data=dataclasses.replace(tiny_config.data, augment=["flip", "crop"]),
+        optim=dataclasses.replace(tiny_config.optim, schedule="cosine", warmup_epochs=1.0),
+    )
+    full = run(cfg, tmp_path / "full", synthetic_root)
+
+    real_write = train.write_history
+    calls = []
+
+    def interrupt_after_two_epochs(rows, path):
+        real_write(rows, path)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_history", interrupt_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "cut", synthetic_root)
+    monkeypatch.setattr(train, "write_history", real_write)
+    assert (tmp_path / "cut" / "loss_plot.png").is_file()
+    resumed = run(cfg, tmp_path / "cut", synthetic_root, resume=True)
+
+    assert without_timing(resumed) == without_timing(full)
+    a = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_to_overwrite_unless_asked(tiny_config, synthetic_root, tmp_path):
+    run(tiny_config, tmp_path / "run", synthetic_root)
+    with pytest.raises(UserError, match="already exists.*--resume.*--overwrite"):
+        run(tiny_config, tmp_path / "run", synthetic_root)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    run(tiny_config, tmp_path / "run", synthetic_root, overwrite=True)
+
+
+def test_resume_without_checkpoint(tiny_config, synthetic_root, tmp_path):
+    with pytest.raises(UserError, match="cannot resume"):
+        run(tiny_config, tmp_path / "empty", synthetic_root, resume=True)
+
+
+def test_checkpoint_from_another_architecture(tiny_config, synthetic_root, tmp_path):
+    run(tiny_config, tmp_path / "run", synthetic_root)
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = checkpoint.load(path)
+    with pytest.raises(UserError, match="different architecture") as info:
+        checkpoint.build_model(ckpt, path, ModelConfig(widths=[128, 32]))
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(UserError, match="corrupt or not a PyTorch checkpoint"):
+        checkpoint.load(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a cifar-mlp checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not found"):
+        checkpoint.load(tmp_path / "absent.pt")
+
+
+def test_checkpoints_refuse_arbitrary_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="corrupt or not a PyTorch checkpoint"):
+        checkpoint.load(tmp_path / "evil.pt")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, synthetic_root, tmp_path, monkeypatch):
+    real_forward = train.MLP.forward
+    calls = []
+
+    def poisoned(self, x):
+        out = real_forward(self, x)
+        calls.append(1)
+        return out * math.nan if len(calls) > 6 else out  # 4 train batches + 1 validation pass per epoch
+
+    monkeypatch.setattr(train.MLP, "forward", poisoned)
+    with pytest.raises(UserError, match="diverged.*epoch 2.*last good checkpoint"):
+        run(tiny_config, tmp_path / "run", synthetic_root)
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_lr_schedules():
+    assert [lr_factor(s, 10, 0, "none") for s in (0, 9)] == [1.0, 1.0]
+    assert [lr_factor(s, 10, 4, "none") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 10, 4, "cosine") == 1.0 and lr_factor(7, 10, 4, "cosine") == pytest.approx(0.5)
+    assert lr_factor(4, 10, 4, "onecycle") == 1.0 and lr_factor(8, 10, 4, "onecycle") == pytest.approx(1 / 3)
+
+
+def test_train_cli_overrides_and_errors(synthetic_root, tmp_path, capsys):
+    from cifar_mlp.cli import main
+
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--data-dir", str(synthetic_root), "--no-download",
+            "--epochs", "2", "--lr", "0.003", "--batch-size", "50", "--device", "cpu", "--quiet",
+            "--set", "model.widths=[32]", "--set", "data.val_per_class=5"]
+    main(args)
+    saved = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["config"]
+    assert saved["model"]["widths"] == [32] and saved["train"]["batch_size"] == 50 and saved["optim"]["lr"] == 0.003
+    assert "done: 2 epochs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and "already exists" in capsys.readouterr().err
+    main([*args[:-4], "--epochs", "3", "--resume"])
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 3
+    with pytest.raises(SystemExit):
+        main([*args[:2], str(tmp_path / "r2"), "--set", "train.epochs=0"])
+    assert "train.epochs must be positive" in capsys.readouterr().err
