@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 RUN_DIR ?= runs/seed
 CONFIG ?= seed
+RUN_ARGS ?=
 
 .PHONY: setup run test
 
@@ -16,8 +17,8 @@ $(BIN)/cifar-mlp: pyproject.toml
 setup: $(BIN)/cifar-mlp
 
 run: setup
-	$(BIN)/cifar-mlp data-check
+	$(BIN)/cifar-mlp run --config $(CONFIG) --run-dir $(RUN_DIR) $(RUN_ARGS)
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/pytest

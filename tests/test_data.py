@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_batch, write_synthetic_cifar
+from conftest import write_batch
 
 from cifar_mlp import UserError
 from cifar_mlp.data import (

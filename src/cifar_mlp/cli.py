@@ -67,10 +67,14 @@ def cmd_data_check(args) -> None:
 
 
 def cmd_train(args) -> None:
+    cmd_train_with(args, resolve_config(args))
+
+
+def cmd_train_with(args, cfg, data=None) -> None:
     from cifar_mlp.train import train
 
-    cfg = resolve_config(args)
-    history = train(cfg, args.run_dir, args.data_dir, not args.no_download, args.resume, args.overwrite, args.quiet)
+    history = train(cfg, args.run_dir, args.data_dir, not args.no_download, args.resume, args.overwrite, args.quiet,
+                    data)
     best = min(history, key=lambda r: r["val_loss"])
     print(f"done: {len(history)} epochs in {sum(r['epoch_time_s'] for r in history):.1f}s of training; lowest "
           f"validation loss {best['val_loss']:.4f} at epoch {best['epoch']} (accuracy {best['val_acc']:.4f}); "
@@ -89,6 +93,55 @@ def cmd_evaluate(args) -> None:
 
     evaluate_run(args.run_dir, args.checkpoint, [s.strip() for s in args.splits.split(",") if s.strip()],
                  args.out, args.data_dir, args.device or "auto", not args.no_download, args.tta == "flip")
+
+
+def cmd_run(args) -> None:
+    """The main job: train, evaluate the best checkpoint on all three splits, write the report."""
+    from cifar_mlp.data import load_cifar10
+    from cifar_mlp.evaluate import evaluate_run
+    from cifar_mlp.report import write_report
+
+    cfg = resolve_config(args)
+    data = load_cifar10(args.data_dir, not args.no_download)
+    cmd_train_with(args, cfg, data)
+    evaluate_run(args.run_dir, args.checkpoint, device=cfg.train.device, tta_flip=args.tta == "flip", data=data)
+    md, page = write_report(args.run_dir)
+    print(f"report: {md} and {page}")
+
+
+def cmd_report(args) -> None:
+    from cifar_mlp.report import write_report
+
+    md, page = write_report(args.run_dir)
+    print(f"report: {md} and {page}")
+
+
+def cmd_compare(args) -> None:
+    from cifar_mlp.report import compare
+
+    print(compare(args.run_dirs, Path(args.out)))
+
+
+def cmd_predict(args) -> None:
+    import json
+
+    from cifar_mlp.predict import Classifier, classify_files
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    classifier = Classifier.from_checkpoint(args.checkpoint, args.device or "cpu")
+    results, errors = classify_files(classifier, args.inputs, min(args.top_k, len(classifier.classes)))
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "predictions": results, "errors": errors}, indent=2))
+    else:
+        for r in results:
+            print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
+    for e in errors:
+        print(f"cifar-mlp: error: {e['error']}", file=sys.stderr)
+    if errors or not results:
+        if not errors:
+            print("cifar-mlp: error: no image files found in the given paths", file=sys.stderr)
+        sys.exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_args(p)
     add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="the main job: train, evaluate and write the report")
+    add_train_args(p)
+    add_evaluate_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="rebuild report.md and report.html from a finished run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="one table and one loss plot for several runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default=".", help="folder for compare.png (default: current folder)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("predict", help="classify image files or folders with a trained model")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory (uses its best.pt)")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -71,6 +71,17 @@ def predict_probs(model, images: torch.Tensor, tta_flip: bool = False) -> np.nda
     return probs.cpu().numpy()
 
 
+def robustness(model, images: torch.Tensor, labels: torch.Tensor, shift: int = 2) -> dict:
+    """Accuracy on mirrored images and on images shifted right and down by `shift` pixels (edges zero-filled,
+    i.e. the mean colour): an MLP has no built-in invariance to either, so this measures what it learned."""
+    shifted = torch.nn.functional.pad(images, (shift, 0, shift, 0))[:, :, :32, :32]
+
+    def accuracy(x):
+        return (predict_logits(model, x).argmax(1) == labels).float().mean().item()
+
+    return {"hflip_accuracy": accuracy(images.flip(3)), "shift_pixels": shift, "shift_accuracy": accuracy(shifted)}
+
+
 def report_rows(report: dict, classes) -> list[list]:
     """classification_report's layout: classes, then accuracy, macro avg, weighted avg."""
     rows = [[name, *(report[name][f] for f in REPORT_FIELDS)] for name in classes]
@@ -158,6 +169,7 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
         y_true = split_data[split].labels.cpu().numpy()
         probs = predict_probs(model, split_data[split].images, tta_flip)
         results[split], predictions[split] = split_metrics(y_true, probs, classes), (y_true, probs)
+        results[split]["scalars"]["robustness"] = robustness(model, split_data[split].images, split_data[split].labels)
 
     out = Path(out) if out else run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,337 @@
+"""The report of a finished run (report.md and a self-contained report.html), built only from the run's files.
+
+Every conclusion is derived from measured figures: history.csv (diagnosis), metrics.json (results), config.json
+and environment.json (set-up). Where a question needs an experiment the run did not make, the report says so.
+"""
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cifar_mlp import UserError, plots
+from cifar_mlp.config import from_dict
+from cifar_mlp.model import MLP, describe, parameter_count
+from cifar_mlp.train import read_history, saved_config
+
+# Thresholds of the automatic diagnosis (written into every report).
+TREND_FRACTION = 0.10  # the "end" of training: the last 10% of epochs (at least 3)
+IMPROVING_SLOPE = -0.001  # validation loss still falling faster than 0.1% of its value per epoch: underfitting
+RISE_TOLERANCE = 0.02  # final validation loss 2% or more above its minimum, with training loss still falling: overfit
+SEED_FIGURES = {"accuracy": 0.50, "recall": (0.32, 0.65), "f1": (0.36, 0.63)}  # what "Exercise 5" reports for test
+
+
+@dataclass
+class Diagnosis:
+    verdict: str  # underfitting | overfitting | converged
+    best_epoch: int
+    epochs: int
+    loss_gap: float  # validation minus train loss at the last epoch
+    acc_gap: float  # train minus validation accuracy at the last epoch
+    trend_epochs: int
+    relative_slope: float  # validation-loss slope over the trend window, per epoch, relative to its mean
+    rise: float  # final validation loss relative to its minimum, minus 1
+    train_falling: bool  # training loss lower at the end than at the best epoch
+    sentence: str
+
+
+def diagnose(history: list[dict]) -> Diagnosis:
+    epochs = len(history)
+    val = np.array([r["val_loss"] for r in history])
+    train = np.array([r["train_loss"] for r in history])
+    best = int(np.argmin(val))
+    window = min(epochs, max(3, math.ceil(TREND_FRACTION * epochs)))
+    tail = val[-window:]
+    slope = np.polyfit(np.arange(window), tail, 1)[0] if window >= 2 else 0.0
+    relative_slope = float(slope / tail.mean())
+    rise = float(val[-1] / val[best] - 1)
+    train_falling = bool(train[-1] < train[best])
+    last = history[-1]
+    loss_gap, acc_gap = last["val_loss"] - last["train_loss"], last["train_acc"] - last["val_acc"]
+    if rise >= RISE_TOLERANCE and train_falling and best < epochs - 1:
+        verdict = "overfitting"
+        sentence = (f"Overfitting: the validation loss has risen since epoch {best + 1} (it ends {100 * rise:.1f}% "
+                    f"above its minimum of {val[best]:.4f}) while the training loss kept falling "
+                    f"({train[best]:.4f} -> {train[-1]:.4f}); the best checkpoint is the one of epoch {best + 1}.")
+    elif relative_slope < IMPROVING_SLOPE:
+        verdict = "underfitting"
+        sentence = (f"Underfitting: the validation loss was still falling by {-100 * relative_slope:.2f}% per epoch "
+                    f"over the last {window} epochs and is lowest at the final epoch {best + 1}; more epochs or a "
+                    "larger learning rate would help.")
+    else:
+        verdict = "converged"
+        sentence = (f"Converged: over the last {window} epochs the validation loss changed by "
+                    f"{100 * relative_slope:+.2f}% per epoch and ends {100 * rise:.1f}% above its minimum "
+                    f"(epoch {best + 1}); more epochs of this recipe would not help.")
+    return Diagnosis(verdict, best + 1, epochs, loss_gap, acc_gap, window, relative_slope, rise, train_falling,
+                     sentence)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def read_run(run_dir: Path) -> dict:
+    """The files a report needs; a clear error if the run is unfinished or unevaluated."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    needed = {"history.csv": "cifar-mlp train", "metrics.json": "cifar-mlp evaluate", "environment.json": "train"}
+    for name, command in needed.items():
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir}/{name} is missing; run {command} on {run_dir} first")
+    return {
+        "config": saved_config(run_dir),
+        "history": read_history(run_dir / "history.csv"),
+        "metrics": json.loads((run_dir / "metrics.json").read_text()),
+        "environment": json.loads((run_dir / "environment.json").read_text()),
+    }
+
+
+def table(header, rows) -> tuple:
+    return ("table", list(header), [list(map(str, r)) for r in rows])
+
+
+def build(run_dir: Path) -> list[tuple]:
+    """The report as a list of blocks: ("h1"|"h2"|"p"|"code", text), ("table", header, rows), ("img", file, alt)."""
+    run = read_run(run_dir)
+    cfg, history, metrics, env = from_dict(run["config"]), run["history"], run["metrics"], run["environment"]
+    splits = metrics["splits"]
+    diag = diagnose(history)
+    model = MLP(cfg.model)
+    train_seconds = sum(r["epoch_time_s"] for r in history)
+    split = metrics["split"]
+    blocks = [("h1", f"CIFAR-10 MLP report: {Path(run_dir).name}")]
+
+    blocks += [
+        ("h2", "Set-up"),
+        ("p", f"Data: CIFAR-10, {split['sizes']['train']:,} train / {split['sizes']['validation']:,} validation "
+              f"(stratified, {split['val_per_class']} per class, split seed {split['split_seed']}, fingerprint "
+              f"{split['fingerprint']}) / {split['sizes']['test']:,} official test images. Preprocessing: pixels "
+              "scaled to [0, 1], then normalised per channel with the train split's mean and std; "
+              f"augmentation: {', '.join(cfg.data.augment) or 'none'}."),
+        ("p", f"Model: a fully connected network with {parameter_count(model):,} parameters; it outputs 10 logits, "
+              "softmax gives the probabilities, and training minimises the cross-entropy of the logits."),
+        ("code", describe(model)),
+        table(["hyperparameter", "value"],
+              [[f"{section}.{k}", v] for section, values in run["config"].items() for k, v in values.items()]),
+        ("p", f"Hardware: {env['gpu'] or env['cpu']} ({env['device']}, {env['torch_threads']} threads), torch "
+              f"{env['torch']}, Python {env['python']}, cifar-mlp {env['cifar_mlp']}, git commit "
+              f"{env['git_commit'] or 'unknown'}. Training took {train_seconds:.1f} s for {len(history)} epochs; "
+              f"evaluation took {metrics['seconds']:.1f} s."),
+    ]
+
+    last = history[-1]
+    blocks += [
+        ("h2", "Training"),
+        ("img", "loss_plot.png", "train and validation loss and accuracy per epoch"),
+        table(["figure", "value"], [
+            ["epoch of lowest validation loss", f"{diag.best_epoch} of {diag.epochs}"],
+            ["final train / validation loss", f"{last['train_loss']:.4f} / {last['val_loss']:.4f}"],
+            ["final loss gap (validation - train)", f"{diag.loss_gap:+.4f}"],
+            ["final train / validation accuracy", f"{pct(last['train_acc'])} / {pct(last['val_acc'])}"],
+            ["final accuracy gap (train - validation)", f"{100 * diag.acc_gap:+.1f} points"],
+            [f"validation-loss trend, last {diag.trend_epochs} epochs", f"{100 * diag.relative_slope:+.3f}% per epoch"],
+            ["final validation loss above its minimum", f"{100 * diag.rise:.2f}%"],
+        ]),
+        ("p", f"Diagnosis: {diag.sentence}"),
+        ("p", f"Thresholds: underfitting when the validation loss falls faster than {-100 * IMPROVING_SLOPE:.1f}% "
+              f"per epoch over the last {100 * TREND_FRACTION:.0f}% of epochs (at least 3); overfitting when the "
+              f"final validation loss is {100 * RISE_TOLERANCE:.0f}% or more above its minimum while the training "
+              "loss is lower than at that minimum; converged otherwise. Training loss and accuracy are running "
+              "means over each epoch in train mode (dropout on), so they understate the final model on the train "
+              "split; the evaluation below uses eval mode."),
+    ]
+
+    blocks += [("h2", "Results"), ("p", f"Checkpoint: {metrics['checkpoint']} (epoch {metrics['epoch']})"
+                                        + (", with horizontal-flip test-time augmentation." if metrics.get("tta_flip")
+                                           else "."))]
+    columns = ["accuracy", "top2_accuracy", "nll", "ece", "macro_precision", "macro_recall", "macro_f1-score"]
+    blocks.append(table(["split", "images", *columns],
+                        [[s, v["n"], *(f"{v[c]:.4f}" for c in columns)] for s, v in splits.items()]))
+    test = splits.get("test")
+    if test:
+        per_class = test["per_class"]
+        ranked = sorted(per_class, key=lambda c: per_class[c]["f1-score"])
+        blocks += [
+            ("h2", "Test set per class"),
+            table(["class", "precision", "recall", "f1-score", "support"],
+                  [[c, *(f"{per_class[c][k]:.4f}" for k in ("precision", "recall", "f1-score")),
+                    int(per_class[c]["support"])] for c in per_class]),
+            ("p", f"Best class: {ranked[-1]} (F1 {per_class[ranked[-1]]['f1-score']:.3f}); worst: {ranked[0]} "
+                  f"(F1 {per_class[ranked[0]]['f1-score']:.3f})."),
+            table(["true class", "predicted as", "test images"],
+                  [[p["true"], p["predicted"], p["count"]] for p in test["confused_pairs"]]),
+        ]
+    blocks.append(("h2", "Figures"))
+    for s in splits:
+        blocks += [("img", f"metrics_{s}.png", f"{s} per-class metrics"),
+                   ("img", f"confusion_matrix_{s}.png", f"{s} confusion matrix"),
+                   ("img", f"calibration_{s}.png", f"{s} reliability diagram")]
+    if test:
+        blocks.append(("img", "misclassified_test.png", "most confidently wrong test images"))
+    blocks += conclusions(diag, splits, cfg)
+    if test:
+        blocks += seed_comparison(test)
+    return blocks
+
+
+def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
+    """Answers to the seed's four questions, each resting on a measured figure."""
+    blocks = [("h2", "Conclusions")]
+    held_out = splits.get("test") or splits.get("validation")
+    name = "test" if "test" in splits else "validation"
+    if held_out is None:
+        return [*blocks, ("p", "No held-out split was evaluated, so the questions below cannot be answered.")]
+    per_class = held_out["per_class"]
+    f1 = {c: v["f1-score"] for c, v in per_class.items()}
+    worst, best = min(f1, key=f1.get), max(f1, key=f1.get)
+    pair = held_out["confused_pairs"][0] if held_out["confused_pairs"] else None
+    blocks += [
+        ("p", "**How does the model solve the problem?** "
+              f"It classifies {pct(held_out['accuracy'])} of the {held_out['n']:,} {name} images correctly "
+              f"(chance: 10%), and the right class is among its top two in {pct(held_out['top2_accuracy'])}. "
+              f"Quality differs by class: F1 from {f1[worst]:.3f} ({worst}) to {f1[best]:.3f} ({best})."
+              + (f" Its largest confusion is {pair['true']} predicted as {pair['predicted']} ({pair['count']} "
+                 "images)." if pair else "")),
+    ]
+    train = splits.get("train")
+    gap = (f" On the evaluated splits, train accuracy is {pct(train['accuracy'])} against {pct(held_out['accuracy'])}"
+           f" on {name} (a gap of {100 * (train['accuracy'] - held_out['accuracy']):.1f} points)." if train else "")
+    blocks.append(("p", f"**Is there overfitting, underfitting or another issue?** {diag.sentence}{gap} "
+                        f"Calibration: expected calibration error {held_out['ece']:.4f} on {name}."))
+    if diag.verdict == "underfitting":
+        advice = (f"The validation loss was still falling ({100 * diag.relative_slope:+.2f}% per epoch at the end), "
+                  f"so the cheapest improvement is more epochs or a larger learning rate (this run used "
+                  f"{cfg.optim.lr:g} for {diag.epochs} epochs).")
+    elif diag.verdict == "overfitting":
+        advice = (f"The validation loss bottomed out at epoch {diag.best_epoch}, so longer training will not help; "
+                  "stronger regularisation (weight decay, dropout, data augmentation) or early stopping will.")
+    else:
+        advice = ("The validation loss has flattened, so more epochs of this recipe will not help; a different "
+                  "recipe (learning-rate schedule, width, regularisation, augmentation) is needed.")
+    blocks.append(("p", f"**How can the model be improved?** {advice} Which alternative helps most is not measured "
+                        "by this run: train the alternatives and compare them with `cifar-mlp compare`."))
+    se = math.sqrt(held_out["accuracy"] * (1 - held_out["accuracy"]) / held_out["n"])
+    text = (f"**How will it generalise to new data?** For new images from the same distribution, expect "
+            f"{pct(held_out['accuracy'])} ± {100 * 1.96 * se:.1f} points (95% binomial interval over "
+            f"{held_out['n']:,} images)")
+    if "validation" in splits and name == "test":
+        text += f"; validation accuracy was {pct(splits['validation']['accuracy'])}, consistent with that"
+    robust = held_out.get("robustness")
+    if robust:
+        text += (f". Under simple shifts of the input the accuracy changes: horizontally flipped images "
+                 f"{pct(robust['hflip_accuracy'])}, images shifted by {robust['shift_pixels']} pixels "
+                 f"{pct(robust['shift_accuracy'])}")
+    text += (". Accuracy on other kinds of change (rotation, other cameras, other datasets) was not measured "
+             "by this run.")
+    blocks.append(("p", text))
+    return blocks
+
+
+def seed_comparison(test: dict) -> list[tuple]:
+    recall = [v["recall"] for v in test["per_class"].values()]
+    f1 = [v["f1-score"] for v in test["per_class"].values()]
+    seed = SEED_FIGURES
+    return [
+        ("h2", "Comparison with the seed's reported figures"),
+        table(["test figure", "Exercise 5 reports", "this run"], [
+            ["accuracy", f"about {pct(seed['accuracy'])}", pct(test["accuracy"])],
+            ["per-class recall range", f"{pct(seed['recall'][0])} - {pct(seed['recall'][1])}",
+             f"{pct(min(recall))} - {pct(max(recall))}"],
+            ["per-class F1 range", f"{pct(seed['f1'][0])} - {pct(seed['f1'][1])}",
+             f"{pct(min(f1))} - {pct(max(f1))}"],
+        ]),
+    ]
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            out.append(f"{'#' * int(kind[1])} {block[1]}")
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "code":
+            out.append(f"```\n{block[1]}\n```")
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                                  *("| " + " | ".join(r) + " |" for r in rows)]))
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})")
+    return "\n\n".join(out) + "\n"
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+         "th{background:#eef3f9}img{max-width:100%;display:block;margin:1em 0}pre{background:#f6f6f6;padding:1em}")
+
+
+def to_html(blocks: list[tuple], run_dir: Path) -> str:
+    """HTML with every image embedded as a data URI, so the single file can be mailed."""
+    def inline(text: str) -> str:
+        escaped = html.escape(text)
+        parts = escaped.split("**")
+        escaped = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+        parts = escaped.split("`")
+        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(blocks[0][1])}</title>"
+           f"<style>{STYLE}</style></head><body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{inline(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{inline(block[1])}</p>")
+        elif kind == "code":
+            out.append(f"<pre>{html.escape(block[1])}</pre>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in block[2])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode((Path(run_dir) / block[1]).read_bytes()).decode()
+            out.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(block[2])}'>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(run_dir) -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    blocks = build(run_dir)
+    missing = [b[1] for b in blocks if b[0] == "img" and not (run_dir / b[1]).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} lacks {', '.join(missing)}; rerun cifar-mlp evaluate {run_dir}")
+    md, page = run_dir / "report.md", run_dir / "report.html"
+    md.write_text(to_markdown(blocks))
+    page.write_text(to_html(blocks, run_dir))
+    return md, page
+
+
+def compare(run_dirs: list, out: Path) -> str:
+    """A markdown table of the runs' key figures, and their loss curves overlaid in out/compare.png."""
+    rows, histories = [], {}
+    for d in map(Path, run_dirs):
+        if not (d / "history.csv").is_file():
+            raise UserError(f"{d}/history.csv is missing; give run directories written by cifar-mlp train")
+        history = read_history(d / "history.csv")
+        name = d.name if d.name not in histories else str(d)
+        histories[name] = history
+        metrics = json.loads((d / "metrics.json").read_text())["splits"] if (d / "metrics.json").is_file() else {}
+        best = min(history, key=lambda r: r["val_loss"])
+        test = metrics.get("test", {})
+        rows.append([name, len(history), f"{sum(r['epoch_time_s'] for r in history):.0f}", best["epoch"],
+                     f"{best['val_loss']:.4f}", pct(max(r["val_acc"] for r in history)),
+                     pct(test["accuracy"]) if test else "not evaluated", diagnose(history).verdict])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots.plot_compare(histories, out / "compare.png")
+    header = ["run", "epochs", "train s", "best epoch", "best val loss", "best val acc", "test acc", "diagnosis"]
+    return to_markdown([table(header, rows)]) + f"\nloss curves: {out / 'compare.png'}\n"

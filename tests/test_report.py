@@ -1,0 +1,128 @@
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from cifar_mlp import UserError
+from cifar_mlp.evaluate import evaluate_run
+from cifar_mlp.report import compare, diagnose, write_report
+from cifar_mlp.train import read_history
+
+
+def history(val_losses, train_losses=None):
+    train_losses = train_losses or [v - 0.1 for v in val_losses]
+    return [{"epoch": i + 1, "train_loss": t, "val_loss": v, "train_acc": 0.5, "val_acc": 0.45}
+            for i, (t, v) in enumerate(zip(train_losses, val_losses, strict=True))]
+
+
+def test_rising_validation_loss_is_overfitting():
+    val = [2.0 - 0.1 * i for i in range(10)] + [1.1 + 0.05 * i for i in range(10)]
+    train = [2.0 - 0.08 * i for i in range(20)]
+    d = diagnose(history(val, train))
+    assert d.verdict == "overfitting" and d.best_epoch == 10
+    assert "risen since epoch 10" in d.sentence
+
+
+def test_still_falling_validation_loss_is_underfitting():
+    d = diagnose(history([2.3 * 0.97**i for i in range(80)]))
+    assert d.verdict == "underfitting" and d.best_epoch == 80 and d.relative_slope < -0.01
+
+
+def test_flat_validation_loss_has_converged():
+    d = diagnose(history([2.0 * 0.8**i for i in range(10)] + [0.27] * 30))
+    assert d.verdict == "converged"
+
+
+@pytest.fixture(scope="module")
+def reported(trained_run, tmp_path_factory):
+    run_dir, root = trained_run
+    copy = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(run_dir, copy)
+    metrics = evaluate_run(copy, data_dir=root, device="cpu", allow_download=False, quiet=True)
+    md, page = write_report(copy)
+    return copy, metrics, md.read_text(), page.read_text()
+
+
+def test_every_section_is_present(reported):
+    _, _, md, page = reported
+    for heading in ("## Set-up", "## Training", "## Results", "## Test set per class", "## Conclusions",
+                    "## Comparison with the seed's reported figures"):
+        assert heading in md
+    for question in ("How does the model solve the problem?", "Is there overfitting, underfitting",
+                     "How can the model be improved?", "How will it generalise to new data?"):
+        assert question in md and question in page
+    for image in ("loss_plot.png", "confusion_matrix_test.png", "metrics_test.png", "calibration_test.png",
+                  "misclassified_test.png"):
+        assert f"]({image})" in md
+    assert "parameters" in md and "Thresholds:" in md
+
+
+def test_report_numbers_come_from_the_run_files(reported):
+    run_dir, metrics, md, _ = reported
+    rows = read_history(run_dir / "history.csv")
+    for split, values in metrics["splits"].items():
+        assert f"| {split} | {values['n']} | {values['accuracy']:.4f} | {values['top2_accuracy']:.4f} | " \
+               f"{values['nll']:.4f} | {values['ece']:.4f} |" in md
+    assert f"{rows[-1]['train_loss']:.4f} / {rows[-1]['val_loss']:.4f}" in md
+    best = min(rows, key=lambda r: r["val_loss"])["epoch"]
+    assert f"| epoch of lowest validation loss | {best} of {len(rows)} |" in md
+    test = metrics["splits"]["test"]
+    assert f"{100 * test['accuracy']:.1f}% of the {test['n']:,} test images" in md
+    for name, values in test["per_class"].items():
+        assert f"| {name} | {values['precision']:.4f} | {values['recall']:.4f} | {values['f1-score']:.4f} |" in md
+
+
+def test_html_embeds_all_images(reported):
+    run_dir, _, md, page = reported
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == md.count("![")
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "src='" + "loss_plot.png" not in page
+
+
+def test_html_renders_in_a_real_browser(reported, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        if __import__("os").environ.get("REQUIRE_BROWSER"):
+            pytest.fail("REQUIRE_BROWSER is set but chromium is not installed")
+        pytest.skip("chromium is not installed")
+    _, _, _, page = reported
+    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+             "document.title = 'loaded ' + imgs.filter(i => i.complete && i.naturalWidth > 0).length"
+             " + ' of ' + imgs.length; });</script></body>")
+    path = tmp_path / "probe.html"
+    path.write_text(page.replace("</body>", probe))
+    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+                             "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    title = re.search(r"<title>loaded (\d+) of (\d+)</title>", result.stdout)
+    assert title, result.stderr[-2000:]
+    loaded, total = map(int, title.groups())
+    assert total == page.count("<img") and loaded == total > 5
+
+
+def test_report_of_an_unevaluated_run(trained_run):
+    run_dir, _ = trained_run
+    with pytest.raises(UserError, match="metrics.json is missing; run cifar-mlp evaluate"):
+        write_report(run_dir)
+
+
+def test_compare_two_runs(reported, trained_run, tmp_path):
+    run_dir, metrics, _, _ = reported
+    text = compare([run_dir, trained_run[0]], tmp_path)
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 3 and f"{100 * metrics['splits']['test']['accuracy']:.1f}%" in lines[1]
+    assert "not evaluated" in lines[2]
+    with pytest.raises(UserError, match="history.csv is missing"):
+        compare([tmp_path], tmp_path)
+
+
+def test_metrics_json_has_robustness(reported):
+    run_dir, _, _, _ = reported
+    test = json.loads((run_dir / "metrics.json").read_text())["splits"]["test"]
+    assert 0 <= test["robustness"]["hflip_accuracy"] <= 1 and test["robustness"]["shift_pixels"] == 2
