@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from cifar_mlp.config import ModelConfig
-from cifar_mlp.model import MLP, parameter_count, predict_logits
+from cifar_mlp.model import MLP, Dropout, parameter_count, predict_logits
 
 
 def test_default_is_the_seed_architecture():
@@ -30,7 +30,7 @@ def test_configurable_depth_norm_activation_order(norm, norm_type):
     cfg = ModelConfig(widths=[64, 64, 64, 32], norm=norm, activation="gelu", order="norm-act", dropout=0.1)
     model = MLP(cfg)
     kinds = [type(m) for m in model.blocks[0]]
-    expected = [nn.Linear, norm_type or nn.Identity, nn.GELU, nn.Dropout]
+    expected = [nn.Linear, norm_type or nn.Identity, nn.GELU, Dropout]
     assert kinds == expected
     assert len(model.blocks) == 4 and model(torch.randn(4, 3072)).shape == (4, 10)
 
@@ -53,3 +53,27 @@ def test_predict_logits_uses_eval_mode_and_restores_it():
     assert model.training
     model.eval()
     torch.testing.assert_close(logits, model(x))
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_keeps_one_minus_p_and_rescales(p):
+    torch.manual_seed(0)
+    layer = Dropout(p)
+    x = torch.ones(1000, 301, requires_grad=True)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    scale = y[kept].unique()
+    assert len(scale) == 1 and abs(scale.item() - 1 / (1 - p)) < 1e-4
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())
+    assert not torch.equal(kept, layer(x) != 0)  # a fresh mask every call
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
+def test_dropout_masks_are_independent_across_columns():
+    torch.manual_seed(0)
+    kept = (Dropout(0.5)(torch.ones(20000, 6)) != 0).float()
+    corr = torch.corrcoef(kept.T)
+    assert (corr - torch.eye(6)).abs().max() < 0.05

@@ -84,10 +84,12 @@ def robustness(model, images: torch.Tensor, labels: torch.Tensor, shift: int = 2
 
 def report_rows(report: dict, classes) -> list[list]:
     """classification_report's layout: classes, then accuracy, macro avg, weighted avg."""
-    rows = [[name, *(report[name][f] for f in REPORT_FIELDS)] for name in classes]
-    rows.append(["accuracy", "", "", report["accuracy"], report["macro avg"]["support"]])
-    rows += [[avg, *(report[avg][f] for f in REPORT_FIELDS)] for avg in ("macro avg", "weighted avg")]
-    return rows
+    def row(name):
+        return [name, *(report[name][f] for f in REPORT_FIELDS[:3]), int(report[name]["support"])]
+
+    rows = [row(name) for name in classes]
+    rows.append(["accuracy", "", "", report["accuracy"], int(report["macro avg"]["support"])])
+    return rows + [row("macro avg"), row("weighted avg")]
 
 
 def write_csv(path: Path, header, rows) -> None:

@@ -18,13 +18,29 @@ def make_norm(kind: str, width: int) -> nn.Module:
     return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(kind, lambda _: nn.Identity())(width)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper CPU mask: each 64-bit random word gives three 16-bit uniforms, so the CPU's
+    sequential random-number generator makes a third as many calls as torch's bernoulli_ (which took 13% of a
+    seed-model epoch). An element is kept with probability round((1 - p) * 2^16) / 2^16 (within 2^-17 of 1 - p)
+    and scaled by the inverse of that probability. On CUDA it is torch's own dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.is_cuda:
+            return super().forward(x)
+        keep_count = round((1 - self.p) * 65536)
+        words = torch.empty((x.numel() + 2) // 3, dtype=torch.int64, device=x.device).random_()
+        uniform16 = words.view(torch.int16).view(-1, 4)[:, :3]  # the low 48 bits; bit 63 is always 0
+        keep = (uniform16 < keep_count - 32768).flatten()[: x.numel()].view_as(x)
+        return torch.where(keep, x, 0) * (65536 / keep_count)
+
+
 class Block(nn.Sequential):
     """Linear -> activation -> norm -> dropout (the seed's order), or Linear -> norm -> activation -> dropout."""
 
     def __init__(self, n_in: int, n_out: int, cfg: ModelConfig):
         act, norm = ACTIVATIONS[cfg.activation](), make_norm(cfg.norm, n_out)
         middle = [act, norm] if cfg.order == "act-norm" else [norm, act]
-        super().__init__(nn.Linear(n_in, n_out), *middle, nn.Dropout(cfg.dropout))
+        super().__init__(nn.Linear(n_in, n_out), *middle, Dropout(cfg.dropout))
         self.residual = cfg.residual and n_in == n_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

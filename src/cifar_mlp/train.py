@@ -95,6 +95,37 @@ def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int):
+    """One pass over the split in shuffled batches; returns (summed loss, correct count, last lr) as device
+    tensors, so that the host waits for the device once per epoch, not once per step."""
+    model.train()
+    device = split.images.device
+    n = len(split.labels)
+    steps_per_epoch = math.ceil(n / cfg.train.batch_size)
+    total_steps, warmup_steps = cfg.train.epochs * steps_per_epoch, round(cfg.optim.warmup_epochs * steps_per_epoch)
+    use_bf16 = cfg.train.bf16 and device.type == "cuda"
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for i, idx in enumerate(batch_indices(n, cfg.train.batch_size, shuffle, device)):
+        lr = cfg.optim.lr * lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps, cfg.optim.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = split.images.index_select(0, idx), split.labels.index_select(0, idx)
+        if cfg.data.augment:
+            x = augment(x, cfg.data.augment)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum, correct, lr
+
+
 def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, data: Cifar10 | None = None) -> list[dict]:
     """Train cfg into run_dir and return the history (one dict per epoch)."""
@@ -116,7 +147,7 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     if resumed and resumed["split"]["fingerprint"] != splits.info["fingerprint"]:
         raise UserError(f"cannot resume {run_dir}: its checkpoint used a different train/validation split")
     model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else MLP(cfg.model)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     history, best_val_loss = [], math.inf
     if resumed:
@@ -124,37 +155,13 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
         set_rng_state(resumed["rng"], shuffle)
         history, best_val_loss = resumed["history"], resumed["best_val_loss"]
 
-    train_split, n = splits.train, len(splits.train.labels)
-    steps_per_epoch = math.ceil(n / cfg.train.batch_size)
-    total_steps = cfg.train.epochs * steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    use_bf16 = cfg.train.bf16 and device.type == "cuda"
+    n = len(splits.train.labels)
     show_bar = not quiet and sys.stderr.isatty()
     bar = tqdm(total=cfg.train.epochs, initial=len(history), desc="epochs", disable=not show_bar)
     try:
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
-            model.train()
             start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            for i, idx in enumerate(batch_indices(n, cfg.train.batch_size, shuffle, device)):
-                lr = cfg.optim.lr * lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps,
-                                              cfg.optim.schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = train_split.images[idx], train_split.labels[idx]
-                if cfg.data.augment:
-                    x = augment(x, cfg.data.augment)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(x)
-                loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.argmax(1) == y).sum()
+            loss_sum, correct, lr = train_epoch(model, optimizer, loss_fn, splits.train, cfg, shuffle, epoch)
             val_logits = predict_logits(model, splits.validation.images)
             val_loss = loss_fn(val_logits, splits.validation.labels).item()
             val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
@@ -171,7 +178,7 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
             best_val_loss = min(best_val_loss, val_loss)
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(shuffle),
-                "epoch": epoch, "step": epoch * steps_per_epoch, "config": cfg.to_dict(), "mean": splits.mean,
+                "epoch": epoch, "config": cfg.to_dict(), "mean": splits.mean,
                 "std": splits.std, "classes": list(CLASSES), "split": splits.info, "history": history,
                 "best_val_loss": best_val_loss,
             }
