@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from cifar_mlp.config import ModelConfig
-from cifar_mlp.model import MLP, Dropout, parameter_count, predict_logits
+from cifar_mlp.model import MLP, Dropout, fit_whitening, parameter_count, predict_logits
 
 
 def test_default_is_the_seed_architecture():
@@ -77,3 +77,28 @@ def test_dropout_masks_are_independent_across_columns():
     kept = (Dropout(0.5)(torch.ones(20000, 6)) != 0).float()
     corr = torch.corrcoef(kept.T)
     assert (corr - torch.eye(6)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("kind, dims", [("zca", 20), ("pca", 8)])
+def test_whitening_decorrelates_the_training_inputs(kind, dims):
+    torch.manual_seed(0)
+    x = torch.randn(5000, 20) @ torch.randn(20, 20) + 3
+    weight, bias = fit_whitening(x, ModelConfig(whitening=kind, whitening_dims=dims, whitening_eps=1e-6))
+    z = x @ weight.T + bias
+    assert z.shape == (5000, dims)
+    torch.testing.assert_close(z.mean(0), torch.zeros(dims), atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.cov(z.T), torch.eye(dims), atol=2e-3, rtol=0)
+    if kind == "zca":  # ZCA is symmetric: the whitening closest to the original pixels
+        torch.testing.assert_close(weight, weight.T, atol=1e-5, rtol=0)
+    else:  # PCA keeps the directions of largest variance first
+        variances = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0)[:dims]
+        direction = weight[0] / weight[0].norm()
+        assert (direction @ torch.cov(x.T) @ direction).item() == pytest.approx(variances[0].item(), rel=1e-3)
+
+
+def test_whitened_model_holds_the_map_as_buffers():
+    model = MLP(ModelConfig(widths=[16], whitening="pca", whitening_dims=100))
+    assert model.whiten_weight.shape == (100, 3072) and model.blocks[0][0].in_features == 100
+    assert "whiten_weight" in model.state_dict()
+    assert all(p.shape != (100, 3072) for p in model.parameters())  # fixed: not trained, no weight decay
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)

@@ -162,3 +162,14 @@ def test_train_cli_overrides_and_errors(synthetic_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args[:2], str(tmp_path / "r2"), "--set", "train.epochs=0"])
     assert "train.epochs must be positive" in capsys.readouterr().err
+
+
+def test_whitening_is_fitted_on_the_train_split_and_saved(tiny_config, synthetic_root, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, whitening="pca",
+                                                                      whitening_dims=40, whitening_eps=0.1))
+    history = run(cfg, tmp_path / "run", synthetic_root)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["model"]["whiten_weight"].shape == (40, 3072) and ckpt["model"]["whiten_weight"].abs().sum() > 0
+    model = checkpoint.build_model(ckpt, "last.pt")
+    assert torch.equal(model.whiten_weight, ckpt["model"]["whiten_weight"])

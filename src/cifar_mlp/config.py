@@ -26,6 +26,9 @@ class ModelConfig:
     activation: str = "relu"  # relu | gelu
     order: str = "act-norm"  # act-norm: Linear->Act->Norm->Dropout (the seed's); norm-act: Linear->Norm->Act->Dropout
     residual: bool = False  # add the block input to its output where the widths match
+    whitening: str = "none"  # none | pca | zca: a fixed linear map fitted on the train split, the first layer
+    whitening_dims: int = 3072  # components kept by pca whitening
+    whitening_eps: float = 0.01  # added to each eigenvalue before the inverse square root
 
 
 @dataclass
@@ -62,6 +65,7 @@ CHOICES = {
     "model.norm": {"batch", "layer", "none"},
     "model.activation": {"relu", "gelu"},
     "model.order": {"act-norm", "norm-act"},
+    "model.whitening": {"none", "pca", "zca"},
     "optim.schedule": {"none", "cosine", "onecycle"},
     "train.device": {"auto", "cpu", "cuda"},
 }
@@ -130,6 +134,10 @@ def validate(c: Config) -> None:
         raise UserError(f"config: optim.label_smoothing must be in [0, 1), got {c.optim.label_smoothing}")
     if not c.model.widths or any(w <= 0 for w in c.model.widths):
         raise UserError(f"config: model.widths must be a non-empty list of positive ints, got {c.model.widths}")
+    if not 0 < c.model.whitening_dims <= 3072:
+        raise UserError(f"config: model.whitening_dims must be in 1..3072, got {c.model.whitening_dims}")
+    if c.model.whitening_eps <= 0:
+        raise UserError(f"config: model.whitening_eps must be positive, got {c.model.whitening_eps}")
     if c.optim.warmup_epochs > c.train.epochs:
         raise UserError(f"config: optim.warmup_epochs ({c.optim.warmup_epochs}) exceeds train.epochs")
     for key, allowed in CHOICES.items():

@@ -171,7 +171,9 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
         y_true = split_data[split].labels.cpu().numpy()
         probs = predict_probs(model, split_data[split].images, tta_flip)
         results[split], predictions[split] = split_metrics(y_true, probs, classes), (y_true, probs)
-        results[split]["scalars"]["robustness"] = robustness(model, split_data[split].images, split_data[split].labels)
+        if split != "train":
+            results[split]["scalars"]["robustness"] = robustness(model, split_data[split].images,
+                                                                 split_data[split].labels)
 
     out = Path(out) if out else run_dir
     out.mkdir(parents=True, exist_ok=True)

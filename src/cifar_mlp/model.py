@@ -49,15 +49,45 @@ class Block(nn.Sequential):
 
 
 class MLP(nn.Module):
+    """Optional fixed whitening (a linear map fitted on the train split, stored as buffers so that every later
+    step applies it), hidden blocks, and a final Linear to 10 logits."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        widths = [IN_FEATURES, *cfg.widths]
+        in_features = IN_FEATURES
+        self.whitened = cfg.whitening != "none"
+        if self.whitened:
+            in_features = cfg.whitening_dims if cfg.whitening == "pca" else IN_FEATURES
+            self.register_buffer("whiten_weight", torch.zeros(in_features, IN_FEATURES))
+            self.register_buffer("whiten_bias", torch.zeros(in_features))
+        widths = [in_features, *cfg.widths]
         self.blocks = nn.Sequential(*(Block(a, b, cfg) for a, b in zip(widths, widths[1:], strict=False)))
         self.head = nn.Linear(widths[-1], NUM_CLASSES)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (N x 3 x 32 x 32, or already flat N x 3072) -> logits N x 10."""
-        return self.head(self.blocks(images.flatten(1)))
+        x = images.flatten(1)
+        if self.whitened:
+            x = nn.functional.linear(x, self.whiten_weight, self.whiten_bias)
+        return self.head(self.blocks(x))
+
+
+@torch.no_grad()
+def fit_whitening(x: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of PCA or ZCA whitening for flat inputs x (N x 3072): the eigenvectors of their covariance,
+    scaled by 1 / sqrt(eigenvalue + eps); ZCA rotates back to pixel space, PCA keeps the top whitening_dims."""
+    mean = x.mean(0)
+    centred = x - mean
+    cov = (centred.T @ centred).double() / (len(x) - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+    scale = (eigenvalues + cfg.whitening_eps).rsqrt()
+    if cfg.whitening == "pca":
+        top = slice(-cfg.whitening_dims, None)
+        weight = (eigenvectors[:, top] * scale[top]).T.flip(0)
+    else:
+        weight = (eigenvectors * scale) @ eigenvectors.T
+    weight = weight.to(x.dtype)
+    return weight, -weight @ mean
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -14,7 +14,7 @@ DPI = 120
 def _save(fig, path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    fig.savefig(tmp, dpi=DPI)
     plt.close(fig)
     tmp.replace(path)
 
@@ -22,7 +22,7 @@ def _save(fig, path: Path) -> None:
 def plot_history(history: list[dict], path: Path, title: str = "Training history") -> None:
     """Loss (left) and accuracy (right) per epoch, train and validation."""
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train", marker="." if len(epochs) < 30 else None)
         ax.plot(epochs, [r[f"val_{key}"] for r in history], label="validation",
@@ -41,7 +41,7 @@ def plot_history(history: list[dict], path: Path, title: str = "Training history
 
 def plot_confusion(cm: np.ndarray, classes, path: Path, title: str) -> None:
     """Counts (left) and row-normalised recall (right), class names on both axes, a colour bar each."""
-    fig, axes = plt.subplots(1, 2, figsize=(16, 6.5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
     for ax, matrix, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], recall, "row-normalised (recall)", ".2f")):
@@ -58,13 +58,12 @@ def plot_confusion(cm: np.ndarray, classes, path: Path, title: str) -> None:
                 ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=8,
                         color="white" if matrix[i, j] > threshold else "black")
     fig.suptitle(title)
-    fig.tight_layout()
     _save(fig, path)
 
 
 def plot_table(header: list[str], rows: list[list[str]], path: Path, title: str) -> None:
     """A table rendered as an image (for the per-class metrics)."""
-    fig, ax = plt.subplots(figsize=(1.6 * len(header), 0.38 * (len(rows) + 2)))
+    fig, ax = plt.subplots(figsize=(1.6 * len(header), 0.32 * (len(rows) + 2)), layout="constrained")
     ax.axis("off")
     table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
@@ -84,11 +83,12 @@ def plot_calibration(bins: dict, ece: float, path: Path, title: str) -> None:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with bin sizes below."""
     edges, acc, conf, count = (np.asarray(bins[k]) for k in ("edges", "accuracy", "confidence", "count"))
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 6.5), height_ratios=[3, 1], sharex=True)
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 6.5), height_ratios=[3, 1], sharex=True, layout="constrained")
     filled = count > 0
-    ax.bar(centers[filled], acc[filled], width=width[filled], edgecolor="black", alpha=0.7, label="accuracy")
-    ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], color="red", alpha=0.25,
-           label="gap to confidence")
+    ax.bar(centers[filled], acc[filled], width=width[filled], color="tab:blue", edgecolor="black", label="accuracy")
+    ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], facecolor="none",
+           edgecolor="red", hatch="//", label="gap to mean confidence")
+    ax.plot(conf[filled], conf[filled], "r.", label="mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -104,20 +104,19 @@ def plot_calibration(bins: dict, ece: float, path: Path, title: str) -> None:
 def plot_gallery(images: np.ndarray, captions: list[str], path: Path, title: str, columns: int = 8) -> None:
     """uint8 images N x 3 x 32 x 32 in a grid, each with a caption."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):
         ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
     _save(fig, path)
 
 
 def plot_compare(histories: dict[str, list[dict]], path: Path) -> None:
     """Validation (solid) and train (dotted) loss and validation accuracy of several runs, overlaid."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     for name, history in histories.items():
         epochs = [r["epoch"] for r in history]
         (line,) = ax_loss.plot(epochs, [r["val_loss"] for r in history], label=f"{name} (validation)")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from cifar_mlp import UserError, checkpoint, environment
 from cifar_mlp.config import Config
 from cifar_mlp.data import CLASSES, Cifar10, augment, batch_indices, load_cifar10, make_splits, resolve_device
-from cifar_mlp.model import MLP, predict_logits
+from cifar_mlp.model import MLP, fit_whitening, predict_logits
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
 
@@ -147,6 +147,8 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     if resumed and resumed["split"]["fingerprint"] != splits.info["fingerprint"]:
         raise UserError(f"cannot resume {run_dir}: its checkpoint used a different train/validation split")
     model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else MLP(cfg.model)).to(device)
+    if model.whitened and not resumed:
+        model.whiten_weight[:], model.whiten_bias[:] = fit_whitening(splits.train.images.flatten(1), cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     history, best_val_loss = [], math.inf
