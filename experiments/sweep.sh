@@ -10,6 +10,11 @@ declare -A VARIANT=(
   [fast-c]="--config seed --epochs 20 --batch-size 512 --lr 1e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.dropout=0.3"
   [fast-d]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.order=norm-act"
   [fast-e]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set optim.weight_decay=0.05"
+  [pca512]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.whitening=pca --set model.whitening_dims=512"
+  [zca]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.whitening=zca"
+  [flip]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set data.augment=[\"flip\"]"
+  [flipcrop40]="--config seed --epochs 40 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set data.augment=[\"flip\",\"crop\"]"
+  [drop03-40]="--config seed --epochs 40 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.dropout=0.3"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")

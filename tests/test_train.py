@@ -173,3 +173,26 @@ def test_whitening_is_fitted_on_the_train_split_and_saved(tiny_config, synthetic
     assert ckpt["model"]["whiten_weight"].shape == (40, 3072) and ckpt["model"]["whiten_weight"].abs().sum() > 0
     model = checkpoint.build_model(ckpt, "last.pt")
     assert torch.equal(model.whiten_weight, ckpt["model"]["whiten_weight"])
+
+
+def test_killing_a_run_leaves_a_resumable_checkpoint(synthetic_root, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cifar_mlp.cli", "train", "--run-dir", str(run_dir), "--data-dir",
+           str(synthetic_root), "--no-download", "--device", "cpu", "--epochs", "400", "--batch-size", "25",
+           "--set", "model.widths=[256,256]", "--set", "data.val_per_class=5", "--quiet"]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "--resume" in err and "Traceback" not in err
+    epoch = checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"]
+    assert 1 <= epoch < 400 and (run_dir / "loss_plot.png").is_file()
+    assert len(read_history(run_dir / "history.csv")) in (epoch - 1, epoch)  # the kill may fall between the two

@@ -4,6 +4,7 @@ Problems with the user's input arrive as UserError and are printed as one line (
 """
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -190,8 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)  # a kill finishes like Ctrl-C: plot written, checkpoints intact
     try:
         args.func(args)
     except UserError as e:
