@@ -15,6 +15,7 @@ declare -A VARIANT=(
   [flip]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set data.augment=[\"flip\"]"
   [flipcrop40]="--config seed --epochs 40 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set data.augment=[\"flip\",\"crop\"]"
   [drop03-40]="--config seed --epochs 40 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.dropout=0.3"
+  [noaug-wide]="--config seed --epochs 30 --batch-size 512 --lr 1e-3 --set model.widths=[2048,1024,512] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.dropout=0.3 --set optim.weight_decay=0.05"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")

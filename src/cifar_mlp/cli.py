@@ -53,14 +53,15 @@ def resolve_config(args):
 
 
 def cmd_data_check(args) -> None:
-    from cifar_mlp.data import CLASSES, SPLIT_NAMES, class_counts, load_cifar10, make_splits
+    from cifar_mlp.data import CLASSES, SPLIT_NAMES, class_counts, load_cifar10, make_splits, resolve_device
 
+    device = resolve_device(args.device or "auto")
     data = load_cifar10(args.data_dir, not args.no_download)
-    splits = make_splits(data, args.val_per_class, args.split_seed, "cpu")
-    print(f"loaded {data.folder} in {data.load_seconds:.2f}s")
+    splits = make_splits(data, args.val_per_class, args.split_seed, device)
+    print(f"loaded {data.folder} in {data.load_seconds:.2f}s; splits held on {device}")
     print(f"{'split':<11}{'images':>8}  " + " ".join(f"{c[:8]:>8}" for c in CLASSES))
     for name in SPLIT_NAMES:
-        counts = class_counts(splits[name].labels)
+        counts = class_counts(splits[name].labels.cpu())
         print(f"{name:<11}{sum(counts):>8}  " + " ".join(f"{n:>8}" for n in counts))
     print("train-split mean (R,G,B): " + ", ".join(f"{m:.4f}" for m in splits.mean))
     print("train-split std  (R,G,B): " + ", ".join(f"{s:.4f}" for s in splits.std))

@@ -106,11 +106,12 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     use_bf16 = cfg.train.bf16 and device.type == "cuda"
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    buffer = split.images.new_empty((min(n, cfg.train.batch_size), *split.images.shape[1:]))  # no page faults
     for i, idx in enumerate(batch_indices(n, cfg.train.batch_size, shuffle, device)):
         lr = cfg.optim.lr * lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps, cfg.optim.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = split.images.index_select(0, idx), split.labels.index_select(0, idx)
+        x, y = torch.index_select(split.images, 0, idx, out=buffer[: len(idx)]), split.labels[idx]
         if cfg.data.augment:
             x = augment(x, cfg.data.augment)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
