@@ -4,6 +4,7 @@ The data folder may be read-only and is never written to, except by a download t
 is held once as a tensor on the device, normalised once; training batches are drawn by indexing it.
 """
 
+import functools
 import hashlib
 import io
 import os
@@ -231,21 +232,29 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -
     return torch.randperm(n, generator=generator).to(device).split(batch_size)
 
 
+@functools.cache
+def augment_table(flip: bool, crop: bool, device: torch.device, pad: int = 4) -> torch.Tensor:
+    """Source index (into a flat image with one zero appended) of every output pixel, for each combination of
+    mirror and shift: K x 3072, K = 2 x 9 x 9 with both. One gather per batch then applies any of them."""
+    c, i, j = torch.meshgrid(torch.arange(3), torch.arange(32), torch.arange(32), indexing="ij")
+    shifts = range(-pad, pad + 1) if crop else (0,)
+    tables = []
+    for mirrored in ((False, True) if flip else (False,)):
+        for dy in shifts:
+            for dx in shifts:
+                src_i, src_j = i + dy, (31 - j if mirrored else j) + dx
+                inside = (src_i >= 0) & (src_i < 32) & (src_j >= 0) & (src_j < 32)
+                tables.append(torch.where(inside, c * 1024 + src_i * 32 + src_j, 3 * 1024).flatten())
+    return torch.stack(tables).to(device)
+
+
 def augment(x: torch.Tensor, kinds: list[str]) -> torch.Tensor:
-    """Batched augmentation on the device: random horizontal flip and random 4-pixel-padded crop."""
-    if "flip" in kinds:
-        flip = torch.rand(len(x), device=x.device) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-    if "crop" in kinds:
-        pad = 4
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, len(x), 1), device=x.device)
-        base = torch.arange(32, device=x.device)
-        rows, cols = (base + dy)[:, None, :, None], (base + dx)[:, None, None, :]
-        n = torch.arange(len(x), device=x.device)[:, None, None, None]
-        c = torch.arange(3, device=x.device)[None, :, None, None]
-        x = padded[n, c, rows, cols]
-    return x
+    """Batched augmentation on the device: random horizontal flip ("flip") and random translation by up to 4
+    pixels with zero fill, i.e. a random crop of the 4-pixel-padded image ("crop"), in a single gather."""
+    table = augment_table("flip" in kinds, "crop" in kinds, x.device)
+    choice = torch.randint(len(table), (len(x),), device=x.device)
+    flat = torch.nn.functional.pad(x.flatten(1), (0, 1))
+    return flat.gather(1, table[choice]).view_as(x)
 
 
 def class_counts(labels) -> list[int]:
