@@ -31,6 +31,12 @@ def test_still_falling_validation_loss_is_underfitting():
     assert d.verdict == "underfitting" and d.best_epoch == 80 and d.relative_slope < -0.01
 
 
+def test_still_falling_under_a_decaying_schedule_does_not_promise_more_epochs():
+    d = diagnose(history([2.3 * 0.97**i for i in range(20)]), schedule="onecycle")
+    assert d.verdict == "underfitting" and "decay of the learning rate" in d.sentence
+    assert "more epochs or a larger learning rate would help" not in d.sentence
+
+
 def test_flat_validation_loss_has_converged():
     d = diagnose(history([2.0 * 0.8**i for i in range(10)] + [0.27] * 30))
     assert d.verdict == "converged"
@@ -126,3 +132,22 @@ def test_metrics_json_has_robustness(reported):
     run_dir, _, _, _ = reported
     test = json.loads((run_dir / "metrics.json").read_text())["splits"]["test"]
     assert 0 <= test["robustness"]["hflip_accuracy"] <= 1 and test["robustness"]["shift_pixels"] == 2
+
+
+def fake_split(accuracy):
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1-score": 0.4 + 0.01 * i, "support": 100}
+                 for i, c in enumerate(["airplane", "automobile", "bird"])}
+    return {"n": 1000, "accuracy": accuracy, "top2_accuracy": 0.8, "ece": 0.02, "per_class": per_class,
+            "confused_pairs": [{"true": "bird", "predicted": "airplane", "count": 40}]}
+
+
+@pytest.mark.parametrize(("train_acc", "memorised"), [(0.90, True), (0.62, False)])
+def test_conclusions_flag_a_large_generalisation_gap(train_acc, memorised):
+    from cifar_mlp.config import Config
+    from cifar_mlp.report import conclusions, to_markdown
+
+    splits = {"train": fake_split(train_acc), "validation": fake_split(0.61), "test": fake_split(0.60)}
+    text = to_markdown(conclusions(diagnose(history([2.0 - 0.01 * i for i in range(30)])), splits, Config()))
+    assert ("memorised part of the training images" in text) == memorised
+    assert f"train accuracy is {100 * train_acc:.1f}% against 60.0% on test" in text
+    assert "60.0% ± 3.0 points" in text and "F1 from 0.400 (airplane) to 0.420 (bird)" in text

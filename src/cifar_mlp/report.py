@@ -22,6 +22,7 @@ from cifar_mlp.train import read_history, saved_config
 TREND_FRACTION = 0.10  # the "end" of training: the last 10% of epochs (at least 3)
 IMPROVING_SLOPE = -0.001  # validation loss still falling faster than 0.1% of its value per epoch: underfitting
 RISE_TOLERANCE = 0.02  # final validation loss 2% or more above its minimum, with training loss still falling: overfit
+GAP_THRESHOLD = 0.10  # train accuracy (eval mode) this far above held-out accuracy: a generalisation gap
 SEED_FIGURES = {"accuracy": 0.50, "recall": (0.32, 0.65), "f1": (0.36, 0.63)}  # what "Exercise 5" reports for test
 
 
@@ -39,7 +40,8 @@ class Diagnosis:
     sentence: str
 
 
-def diagnose(history: list[dict]) -> Diagnosis:
+def diagnose(history: list[dict], schedule: str = "none") -> Diagnosis:
+    """The verdict from the validation-loss curve; `schedule` tells whether the learning rate decayed to zero."""
     epochs = len(history)
     val = np.array([r["val_loss"] for r in history])
     train = np.array([r["train_loss"] for r in history])
@@ -60,8 +62,12 @@ def diagnose(history: list[dict]) -> Diagnosis:
     elif relative_slope < IMPROVING_SLOPE:
         verdict = "underfitting"
         sentence = (f"Underfitting: the validation loss was still falling by {-100 * relative_slope:.2f}% per epoch "
-                    f"over the last {window} epochs and is lowest at the final epoch {best + 1}; more epochs or a "
-                    "larger learning rate would help.")
+                    f"over the last {window} epochs and is lowest at the final epoch {best + 1}; ")
+        if schedule == "none":
+            sentence += "more epochs or a larger learning rate would help."
+        else:
+            sentence += (f"part of that fall comes from the {schedule} schedule's decay of the learning rate to zero, "
+                         "so whether a longer schedule would help needs a longer run, which this run does not measure.")
     else:
         verdict = "converged"
         sentence = (f"Converged: over the last {window} epochs the validation loss changed by "
@@ -101,7 +107,7 @@ def build(run_dir: Path) -> list[tuple]:
     run = read_run(run_dir)
     cfg, history, metrics, env = from_dict(run["config"]), run["history"], run["metrics"], run["environment"]
     splits = metrics["splits"]
-    diag = diagnose(history)
+    diag = diagnose(history, cfg.optim.schedule)
     model = MLP(cfg.model)
     train_seconds = sum(r["epoch_time_s"] for r in history)
     split = metrics["split"]
@@ -142,7 +148,9 @@ def build(run_dir: Path) -> list[tuple]:
         ("p", f"Thresholds: underfitting when the validation loss falls faster than {-100 * IMPROVING_SLOPE:.1f}% "
               f"per epoch over the last {100 * TREND_FRACTION:.0f}% of epochs (at least 3); overfitting when the "
               f"final validation loss is {100 * RISE_TOLERANCE:.0f}% or more above its minimum while the training "
-              "loss is lower than at that minimum; converged otherwise. Training loss and accuracy are running "
+              "loss is lower than at that minimum; converged otherwise. A train accuracy (eval mode) more than "
+              f"{100 * GAP_THRESHOLD:.0f} points above the held-out accuracy is reported as a generalisation gap. "
+              "Training loss and accuracy are running "
               "means over each epoch in train mode (dropout on), so they understate the final model on the train "
               "split; the evaluation below uses eval mode."),
     ]
@@ -202,12 +210,21 @@ def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
     train = splits.get("train")
     gap = (f" On the evaluated splits, train accuracy is {pct(train['accuracy'])} against {pct(held_out['accuracy'])}"
            f" on {name} (a gap of {100 * (train['accuracy'] - held_out['accuracy']):.1f} points)." if train else "")
+    if train and train["accuracy"] - held_out["accuracy"] > GAP_THRESHOLD:
+        gap += (f" That is above the {100 * GAP_THRESHOLD:.0f}-point threshold: the model has memorised part of the "
+                "training images (overfitting in the sense of generalisation), even where the validation loss did "
+                "not rise.")
     blocks.append(("p", f"**Is there overfitting, underfitting or another issue?** {diag.sentence}{gap} "
                         f"Calibration: expected calibration error {held_out['ece']:.4f} on {name}."))
-    if diag.verdict == "underfitting":
+    if diag.verdict == "underfitting" and cfg.optim.schedule == "none":
         advice = (f"The validation loss was still falling ({100 * diag.relative_slope:+.2f}% per epoch at the end), "
                   f"so the cheapest improvement is more epochs or a larger learning rate (this run used "
                   f"{cfg.optim.lr:g} for {diag.epochs} epochs).")
+    elif diag.verdict == "underfitting":
+        advice = (f"The validation loss was still falling at the end of the {cfg.optim.schedule} schedule "
+                  f"({100 * diag.relative_slope:+.2f}% per epoch), so a longer schedule may help; "
+                  + ("with a train/held-out gap this large, so may stronger regularisation or augmentation."
+                     if train and train["accuracy"] - held_out["accuracy"] > GAP_THRESHOLD else ""))
     elif diag.verdict == "overfitting":
         advice = (f"The validation loss bottomed out at epoch {diag.best_epoch}, so longer training will not help; "
                   "stronger regularisation (weight decay, dropout, data augmentation) or early stopping will.")
