@@ -18,7 +18,7 @@ from torch import nn
 from cifar_mlp import config, environment
 from cifar_mlp.data import load_cifar10, make_splits, resolve_device
 from cifar_mlp.model import MLP
-from cifar_mlp.train import train_epoch
+from cifar_mlp.train import make_optimizer, train_epoch
 
 
 def sync(device):
@@ -54,8 +54,10 @@ def time_epochs(cfg, split, device, epochs, variant="default") -> float:
     """Seconds per epoch of the project's training loop (after one warm-up epoch)."""
     torch.manual_seed(0)
     model = MLP(cfg.model).to(device)
-    kwargs = {"fused": True} if variant == "fused" else {}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, **kwargs)
+    if variant == "unfused":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    else:
+        optimizer = make_optimizer(model, cfg)
     if variant == "compile":
         model = torch.compile(model)
     loss_fn = nn.CrossEntropyLoss()
@@ -106,7 +108,8 @@ def main():
     parser.add_argument("--data-dir")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (after one warm-up)")
-    parser.add_argument("--variants", default="default,fused", help="comma-separated: default, fused, compile")
+    parser.add_argument("--variants", default="default,unfused,compile",
+                        help="comma-separated: default (as train.py), unfused (AdamW without fused), compile")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

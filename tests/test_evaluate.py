@@ -15,6 +15,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     top_k_accuracy_score,
 )
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cifar_mlp import UserError
 from cifar_mlp.data import CLASSES
@@ -64,7 +65,10 @@ def test_split_metrics_match_scikit_learn(case):
     assert s["accuracy"] == pytest.approx(accuracy_score(y, pred))
     assert s["top2_accuracy"] == pytest.approx(top_k_accuracy_score(y, probs, k=2, labels=LABELS))
     assert s["nll"] == pytest.approx(log_loss(y, probs, labels=LABELS))
-    assert s["ece"] == pytest.approx(reference_ece(y, probs), abs=1e-6)
+    assert s["ece"] == pytest.approx(reference_ece(y, probs), abs=1e-9)
+    reference = multiclass_calibration_error(torch.as_tensor(probs), torch.as_tensor(y), num_classes=10, n_bins=15,
+                                             norm="l1")
+    assert s["ece"] == pytest.approx(reference.item(), abs=1e-6)
     assert np.array_equal(result["confusion"], confusion_matrix(y, pred, labels=LABELS))
     if "never_predicted" in case:
         assert result["report"][CLASSES[4]]["precision"] == 0.0

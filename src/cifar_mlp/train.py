@@ -95,9 +95,14 @@ def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW with its fused kernel (measurably faster on CPU: BENCHMARKS.md); lr is set per step by lr_factor."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
+
+
 def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int):
-    """One pass over the split in shuffled batches; returns (summed loss, correct count, last lr) as device
-    tensors, so that the host waits for the device once per epoch, not once per step."""
+    """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
+    tensors (so that the host waits for the device once per epoch, not once per step) and the last lr."""
     model.train()
     device = split.images.device
     n = len(split.labels)
@@ -150,7 +155,7 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else MLP(cfg.model)).to(device)
     if model.whitened and not resumed:
         model.whiten_weight[:], model.whiten_bias[:] = fit_whitening(splits.train.images.flatten(1), cfg.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
+    optimizer = make_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     history, best_val_loss = [], math.inf
     if resumed:
