@@ -16,6 +16,10 @@ declare -A VARIANT=(
   [flipcrop40]="--config seed --epochs 40 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set data.augment=[\"flip\",\"crop\"]"
   [drop03-40]="--config seed --epochs 40 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.dropout=0.3"
   [noaug-wide]="--config seed --epochs 30 --batch-size 512 --lr 1e-3 --set model.widths=[2048,1024,512] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.dropout=0.3 --set optim.weight_decay=0.05"
+  [layernorm]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.norm=layer"
+  [gelu]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.activation=gelu"
+  [residual]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,1024,1024] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.residual=true"
+  [cosine]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=cosine --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")
