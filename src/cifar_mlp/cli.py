@@ -43,13 +43,8 @@ def resolve_config(args):
                       ("seed", "train.seed"), ("device", "train.device")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)!r}".replace("'", '"'))
-    if args.resume:
-        raw = saved_config(Path(args.run_dir))
-        for assignment in overrides:
-            (section, key), value = config.parse_override(assignment)
-            raw.setdefault(section, {})[key] = value
-        return config.from_dict(raw)
-    return config.load(args.config, overrides)
+    raw = saved_config(Path(args.run_dir)) if args.resume else config.read_toml(args.config)
+    return config.apply_overrides(raw, overrides)
 
 
 def cmd_data_check(args) -> None:

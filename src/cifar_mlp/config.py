@@ -184,7 +184,11 @@ def parse_override(assignment: str) -> tuple[list[str], object]:
 
 
 def load(name_or_path: str, overrides: list[str] = ()) -> Config:
-    raw = read_toml(name_or_path)
+    return apply_overrides(read_toml(name_or_path), overrides)
+
+
+def apply_overrides(raw: dict, overrides: list[str] = ()) -> Config:
+    """Raw config tables (from a preset, a file, or a run's config.json) with `section.key=value` applied."""
     for assignment in overrides:
         (section, key), value = parse_override(assignment)
         raw.setdefault(section, {})
