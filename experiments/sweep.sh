@@ -20,9 +20,15 @@ declare -A VARIANT=(
   [gelu]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.activation=gelu"
   [residual]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,1024,1024] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set model.residual=true"
   [cosine]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=cosine --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"
+  [ema998]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set optim.ema_decay=0.998"
+  [ema99]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set optim.ema_decay=0.99"
+  [flipcrop100]="--config best --epochs 100"
+  [mixup100]="--config best --epochs 100 --set data.mix=mixup --set data.mix_alpha=0.2"
+  [cutmix100]="--config best --epochs 100 --set data.mix=cutmix --set data.mix_alpha=1.0"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")
+mkdir -p runs/sweep
 for name in "${names[@]}"; do
   .venv/bin/cifar-mlp train ${VARIANT[$name]} --run-dir "runs/sweep/$name" --overwrite --quiet > "runs/sweep/$name.log" 2>&1 || echo "$name failed"
   echo "$name: $(tail -1 "runs/sweep/$name.log")"

@@ -46,6 +46,9 @@ def test_config_from_a_toml_path(tmp_path):
         ({"model": {"dropout": 1.0}}, r"dropout must be in \[0, 1\)"),
         ({"data": {"augment": ["rotate"]}}, "data.augment accepts"),
         ({"optim": {"warmup_epochs": 100.0}}, "exceeds train.epochs"),
+        ({"optim": {"ema_decay": 1.0}}, r"optim.ema_decay must be in \[0, 1\)"),
+        ({"data": {"mix": "mosaic"}}, "data.mix must be one of cutmix, mixup, none"),
+        ({"data": {"mix_alpha": 0.0}}, "data.mix_alpha must be positive"),
     ],
 )
 def test_bad_values_get_one_line_errors(raw, message):

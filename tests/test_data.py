@@ -16,6 +16,7 @@ from cifar_mlp.data import (
     class_counts,
     load_cifar10,
     make_splits,
+    mix,
     normalise,
     resolve_data_dir,
     split_indices,
@@ -96,6 +97,27 @@ def test_augment_flip_and_crop_are_shifts_and_mirrors():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for a, b in zip(padded, cropped, strict=True):
         assert any(torch.equal(a[:, dy : dy + 32, dx : dx + 32], b) for dy in range(9) for dx in range(9))
+
+
+def test_mixup_blends_each_image_with_its_neighbour_in_the_label_proportion():
+    torch.manual_seed(0)
+    x, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 10
+    mixed, target = mix(x, labels, "mixup", alpha=1.0)
+    assert target.shape == (32, 10) and torch.allclose(target.sum(1), torch.ones(32))
+    own = target[torch.arange(32), labels]  # neighbours have different labels here
+    expected = own.view(-1, 1, 1, 1) * x + (1 - own.view(-1, 1, 1, 1)) * x.roll(1, 0)
+    assert torch.allclose(mixed, expected, atol=1e-6)
+
+
+def test_cutmix_pastes_a_box_whose_area_is_the_label_weight():
+    torch.manual_seed(1)
+    x, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    mixed, target = mix(x, labels, "cutmix", alpha=1.0)
+    from_neighbour = (mixed == x.roll(1, 0)).all(1) & (mixed != x).any(1)  # pixels taken from the other image
+    kept = (mixed == x).all(1)
+    assert (from_neighbour | kept).all()
+    neighbour_share = from_neighbour.float().mean((1, 2))
+    assert torch.allclose(target[torch.arange(16), labels.roll(1)], neighbour_share)
 
 
 @pytest.mark.parametrize(

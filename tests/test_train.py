@@ -6,6 +6,8 @@ import torch
 
 from cifar_mlp import UserError, checkpoint, train
 from cifar_mlp.config import ModelConfig
+from cifar_mlp.data import load_cifar10, make_splits
+from cifar_mlp.model import predict_logits
 from cifar_mlp.train import lr_factor, read_history
 
 TIMING = ("epoch_time_s", "samples_per_s")
@@ -49,11 +51,15 @@ def test_same_seed_same_history_other_seed_differs(tiny_config, synthetic_root, 
     assert without_timing(run(other, tmp_path / "c", synthetic_root)) != without_timing(a)
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("data, optim", [
+    ({"augment": ["flip", "crop"]}, {"schedule": "cosine", "warmup_epochs": 1.0}),
+    ({"mix": "cutmix"}, {"schedule": "onecycle", "warmup_epochs": 1.0, "ema_decay": 0.9}),
+])
+def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch, data, optim):
     cfg = dataclasses.replace(
         tiny_config,
-        data=dataclasses.replace(tiny_config.data, augment=["flip", "crop"]),
-        optim=dataclasses.replace(tiny_config.optim, schedule="cosine", warmup_epochs=1.0),
+        data=dataclasses.replace(tiny_config.data, **data),
+        optim=dataclasses.replace(tiny_config.optim, **optim),
     )
     full = run(cfg, tmp_path / "full", synthetic_root)
 
@@ -74,9 +80,28 @@ def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_pat
     resumed = run(cfg, tmp_path / "cut", synthetic_root, resume=True)
 
     assert without_timing(resumed) == without_timing(full)
-    a = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
-    b = checkpoint.load(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = checkpoint.load(tmp_path / "cut" / "checkpoints" / "last.pt")
+    for weights in ("model", "trained_model") if "ema_decay" in optim else ("model",):
+        assert all(torch.equal(a[weights][k], b[weights][k]) for k in a[weights])
+
+
+def test_ema_weights_are_the_ones_validated_and_saved(tiny_config, synthetic_root, tmp_path):
+    cfg = dataclasses.replace(tiny_config, optim=dataclasses.replace(tiny_config.optim, ema_decay=0.9))
+    history = run(cfg, tmp_path / "run", synthetic_root)
+    last = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    averaged = checkpoint.build_model(last, "last.pt")
+    trained = checkpoint.build_model({**last, "model": last["trained_model"]}, "last.pt")
+    splits = make_splits(load_cifar10(synthetic_root, allow_download=False), 5, 0, "cpu")
+    val = splits.validation
+
+    def val_loss(model):
+        return torch.nn.functional.cross_entropy(predict_logits(model, val.images), val.labels).item()
+
+    assert val_loss(averaged) == pytest.approx(history[-1]["val_loss"], rel=1e-5)
+    assert val_loss(trained) != pytest.approx(history[-1]["val_loss"], rel=1e-3)
+    steps = 4 * math.ceil(len(splits.train.labels) / 64)
+    assert last["ema_updates"] == steps
 
 
 def test_refuses_to_overwrite_unless_asked(tiny_config, synthetic_root, tmp_path):

@@ -16,6 +16,8 @@ class DataConfig:
     val_per_class: int = 500
     split_seed: int = 0
     augment: list[str] = field(default_factory=list)  # any of "flip", "crop"; applied on the device per batch
+    mix: str = "none"  # none | mixup | cutmix: blend pairs of training images and their labels, per batch
+    mix_alpha: float = 1.0  # the mixing ratio is drawn from Beta(mix_alpha, mix_alpha)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    ema_decay: float = 0.0  # per-step decay of a moving average of the weights, evaluated and saved; 0: off
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Config:
 
 
 CHOICES = {
+    "data.mix": {"none", "mixup", "cutmix"},
     "model.norm": {"batch", "layer", "none"},
     "model.activation": {"relu", "gelu"},
     "model.order": {"act-norm", "norm-act"},
@@ -130,6 +134,10 @@ def validate(c: Config) -> None:
             raise UserError(f"config: {key} must be >= 0, got {value}")
     if not 0 <= c.model.dropout < 1:
         raise UserError(f"config: model.dropout must be in [0, 1), got {c.model.dropout}")
+    if not 0 <= c.optim.ema_decay < 1:
+        raise UserError(f"config: optim.ema_decay must be in [0, 1), got {c.optim.ema_decay}")
+    if c.data.mix_alpha <= 0:
+        raise UserError(f"config: data.mix_alpha must be positive, got {c.data.mix_alpha}")
     if not 0 <= c.optim.label_smoothing < 1:
         raise UserError(f"config: optim.label_smoothing must be in [0, 1), got {c.optim.label_smoothing}")
     if not c.model.widths or any(w <= 0 for w in c.model.widths):

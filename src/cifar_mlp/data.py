@@ -257,5 +257,19 @@ def augment(x: torch.Tensor, kinds: list[str]) -> torch.Tensor:
     return flat.gather(1, table[choice]).view_as(x)
 
 
+@functools.cache
+def _mixer(kind: str, alpha: float):
+    from torchvision.transforms import v2
+
+    return (v2.MixUp if kind == "mixup" else v2.CutMix)(alpha=alpha, num_classes=len(CLASSES))
+
+
+def mix(x: torch.Tensor, labels: torch.Tensor, kind: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (a blend of two images) or CutMix (a box of one image pasted into another) on the whole batch,
+    the labels blended in the same proportion: torchvision's batched transforms, which pair each image with its
+    neighbour in the (already shuffled) batch. Returns the images and soft targets, N x 10."""
+    return _mixer(kind, alpha)(x, labels)
+
+
 def class_counts(labels) -> list[int]:
     return np.bincount(np.asarray(labels), minlength=len(CLASSES)).tolist()

@@ -81,6 +81,11 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def augmentations(cfg) -> list[str]:
+    mixing = [f"{cfg.data.mix} (alpha {cfg.data.mix_alpha})"] if cfg.data.mix != "none" else []
+    return [*cfg.data.augment, *mixing]
+
+
 def read_run(run_dir: Path) -> dict:
     """The files a report needs; a clear error if the run is unfinished or unevaluated."""
     run_dir = Path(run_dir)
@@ -119,7 +124,7 @@ def build(run_dir: Path) -> list[tuple]:
               f"(stratified, {split['val_per_class']} per class, split seed {split['split_seed']}, fingerprint "
               f"{split['fingerprint']}) / {split['sizes']['test']:,} official test images. Preprocessing: pixels "
               "scaled to [0, 1], then normalised per channel with the train split's mean and std; "
-              f"augmentation: {', '.join(cfg.data.augment) or 'none'}."),
+              f"augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
         ("p", f"Model: a fully connected network with {parameter_count(model):,} parameters; it outputs 10 logits, "
               "softmax gives the probabilities, and training minimises the cross-entropy of the logits."),
         ("code", describe(model)),

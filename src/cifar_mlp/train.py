@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from cifar_mlp import UserError, checkpoint, environment
 from cifar_mlp.config import Config
-from cifar_mlp.data import CLASSES, Cifar10, augment, batch_indices, load_cifar10, make_splits, resolve_device
+from cifar_mlp.data import CLASSES, Cifar10, augment, batch_indices, load_cifar10, make_splits, mix, resolve_device
 from cifar_mlp.model import MLP, fit_whitening, predict_logits
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
@@ -100,9 +101,17 @@ def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
 
 
-def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int):
+def make_ema(model, cfg: Config) -> AveragedModel | None:
+    """The exponential moving average of the weights and BatchNorm statistics, updated after every step."""
+    if not cfg.optim.ema_decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+
+
+def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None):
     """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
-    tensors (so that the host waits for the device once per epoch, not once per step) and the last lr."""
+    tensors (so that the host waits for the device once per epoch, not once per step) and the last lr.
+    With mixup/cutmix the loss is against the blended labels, the accuracy against each image's own label."""
     model.train()
     device = split.images.device
     n = len(split.labels)
@@ -119,14 +128,19 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         x, y = torch.index_select(split.images, 0, idx, out=buffer[: len(idx)]), split.labels[idx]
         if cfg.data.augment:
             x = augment(x, cfg.data.augment)
+        target = y
+        if cfg.data.mix != "none":
+            x, target = mix(x, y, cfg.data.mix, cfg.data.mix_alpha)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
-        loss = loss_fn(logits.float(), y)
+        loss = loss_fn(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
     return loss_sum, correct, lr
@@ -155,6 +169,11 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else MLP(cfg.model)).to(device)
     if model.whitened and not resumed:
         model.whiten_weight[:], model.whiten_bias[:] = fit_whitening(splits.train.images.flatten(1), cfg.model)
+    ema = make_ema(model, cfg)
+    if resumed and ema is not None:  # the checkpoint's "model" is the average; the trained weights are apart
+        model.load_state_dict(resumed["trained_model"])
+        ema.n_averaged.fill_(resumed["ema_updates"])
+    evaluated = model if ema is None else ema.module
     optimizer = make_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     history, best_val_loss = [], math.inf
@@ -169,8 +188,8 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     try:
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
             start = time.perf_counter()
-            loss_sum, correct, lr = train_epoch(model, optimizer, loss_fn, splits.train, cfg, shuffle, epoch)
-            val_logits = predict_logits(model, splits.validation.images)
+            loss_sum, correct, lr = train_epoch(model, optimizer, loss_fn, splits.train, cfg, shuffle, epoch, ema)
+            val_logits = predict_logits(evaluated, splits.validation.images)
             val_loss = loss_fn(val_logits, splits.validation.labels).item()
             val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
             train_loss = loss_sum.item() / n
@@ -185,11 +204,13 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
             is_best = val_loss < best_val_loss
             best_val_loss = min(best_val_loss, val_loss)
             state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(shuffle),
+                "model": evaluated.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(shuffle),
                 "epoch": epoch, "config": cfg.to_dict(), "mean": splits.mean,
                 "std": splits.std, "classes": list(CLASSES), "split": splits.info, "history": history,
                 "best_val_loss": best_val_loss,
             }
+            if ema is not None:
+                state |= {"trained_model": model.state_dict(), "ema_updates": ema.n_averaged.item()}
             checkpoint.save_atomic(state, last_path)
             if is_best:
                 checkpoint.save_atomic(state, best_path)
