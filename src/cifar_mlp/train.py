@@ -111,7 +111,8 @@ def make_ema(model, cfg: Config) -> AveragedModel | None:
 def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None):
     """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
     tensors (so that the host waits for the device once per epoch, not once per step) and the last lr.
-    With mixup/cutmix the loss is against the blended labels, the accuracy against each image's own label."""
+    With mixup/cutmix the loss is against the blended labels, the accuracy against the label with the larger
+    share of each blended image."""
     model.train()
     device = split.images.device
     n = len(split.labels)
@@ -131,6 +132,7 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         target = y
         if cfg.data.mix != "none":
             x, target = mix(x, y, cfg.data.mix, cfg.data.mix_alpha)
+            y = target.argmax(1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
         loss = loss_fn(logits.float(), target)
