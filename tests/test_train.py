@@ -7,7 +7,7 @@ import torch
 from cifar_mlp import UserError, checkpoint, train
 from cifar_mlp.config import ModelConfig
 from cifar_mlp.data import load_cifar10, make_splits
-from cifar_mlp.model import predict_logits
+from cifar_mlp.model import MLP, predict_logits
 from cifar_mlp.train import lr_factor, read_history
 
 TIMING = ("epoch_time_s", "samples_per_s")
@@ -221,3 +221,33 @@ def test_killing_a_run_leaves_a_resumable_checkpoint(synthetic_root, tmp_path):
     epoch = checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"]
     assert 1 <= epoch < 400 and (run_dir / "loss_plot.png").is_file()
     assert len(read_history(run_dir / "history.csv")) in (epoch - 1, epoch)  # the kill may fall between the two
+
+
+def test_train_accuracy_under_mixup_counts_the_label_with_the_larger_share(tiny_config, synthetic_root, monkeypatch):
+    cfg = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, mix="mixup"),
+                              train=dataclasses.replace(tiny_config.train, batch_size=16))  # 16 mixing ratios
+    split = make_splits(load_cifar10(synthetic_root, allow_download=False), 5, 0, "cpu").train
+    targets = []
+    real_mix = train.mix
+
+    def recording_mix(*args):
+        x, target = real_mix(*args)
+        targets.append(target)
+        return x, target
+
+    class PredictsTheLargerShare(torch.nn.Module):
+        """Its prediction is always the label with the larger share; its parameters still train."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = MLP(cfg.model)
+
+        def forward(self, x):
+            return self.model(x) + 100 * targets[-1]
+
+    monkeypatch.setattr(train, "mix", recording_mix)
+    model = PredictsTheLargerShare()
+    torch.manual_seed(0)
+    _, correct, _ = train.train_epoch(model, train.make_optimizer(model, cfg), torch.nn.CrossEntropyLoss(), split,
+                                      cfg, torch.Generator().manual_seed(0), epoch=1)
+    assert correct.item() == len(split.labels)
