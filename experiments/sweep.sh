@@ -26,6 +26,7 @@ declare -A VARIANT=(
   [mixup100]="--config best --epochs 100 --set data.mix=mixup --set data.mix_alpha=0.2"
   [cutmix100]="--config best --epochs 100 --set data.mix=cutmix --set data.mix_alpha=1.0"
   [drop01-100]="--config best --epochs 100 --set model.dropout=0.1"
+  [drop01-300]="--config best --set model.dropout=0.1"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")
