@@ -27,6 +27,11 @@ declare -A VARIANT=(
   [cutmix100]="--config best --epochs 100 --set data.mix=cutmix --set data.mix_alpha=1.0"
   [drop01-100]="--config best --epochs 100 --set model.dropout=0.1"
   [drop01-300]="--config best --set model.dropout=0.1"
+  [noaug-bs256]="--config best-noaug --batch-size 256"
+  [noaug-ls02]="--config best-noaug --set optim.label_smoothing=0.2"
+  [noaug-wd01]="--config best-noaug --set optim.weight_decay=0.1"
+  [noaug-deep]="--config best-noaug --set model.widths=[1024,1024,512,256]"
+  [noaug-lr4e-3]="--config best-noaug --lr 4e-3"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")
