@@ -215,7 +215,8 @@ def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
     train = splits.get("train")
     gap = (f" On the evaluated splits, train accuracy is {pct(train['accuracy'])} against {pct(held_out['accuracy'])}"
            f" on {name} (a gap of {100 * (train['accuracy'] - held_out['accuracy']):.1f} points)." if train else "")
-    if train and train["accuracy"] - held_out["accuracy"] > GAP_THRESHOLD:
+    large_gap = bool(train) and train["accuracy"] - held_out["accuracy"] > GAP_THRESHOLD
+    if large_gap:
         gap += (f" That is above the {100 * GAP_THRESHOLD:.0f}-point threshold: the model has memorised part of the "
                 "training images (overfitting in the sense of generalisation), even where the validation loss did "
                 "not rise.")
@@ -229,7 +230,7 @@ def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
         advice = (f"The validation loss was still falling at the end of the {cfg.optim.schedule} schedule "
                   f"({100 * diag.relative_slope:+.2f}% per epoch), so a longer schedule may help; "
                   + ("with a train/held-out gap this large, so may stronger regularisation or augmentation."
-                     if train and train["accuracy"] - held_out["accuracy"] > GAP_THRESHOLD else ""))
+                     if large_gap else ""))
     elif diag.verdict == "overfitting":
         advice = (f"The validation loss bottomed out at epoch {diag.best_epoch}, so longer training will not help; "
                   "stronger regularisation (weight decay, dropout, data augmentation) or early stopping will.")
