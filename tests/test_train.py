@@ -86,6 +86,19 @@ def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_pat
         assert all(torch.equal(a[weights][k], b[weights][k]) for k in a[weights])
 
 
+@pytest.mark.parametrize(("trained_with", "resumed_with", "message"), [(0.9, 0.0, "trained with an EMA"),
+                                                                     (0.0, 0.9, "trained without an EMA")])
+def test_resume_refuses_a_changed_ema_setting(tiny_config, synthetic_root, tmp_path, trained_with, resumed_with,
+                                              message):
+    def with_ema(decay, epochs):
+        return dataclasses.replace(tiny_config, optim=dataclasses.replace(tiny_config.optim, ema_decay=decay),
+                                   train=dataclasses.replace(tiny_config.train, epochs=epochs))
+
+    run(with_ema(trained_with, 2), tmp_path / "run", synthetic_root)
+    with pytest.raises(UserError, match=f"{message}.*keep optim.ema_decay"):
+        run(with_ema(resumed_with, 3), tmp_path / "run", synthetic_root, resume=True)
+
+
 def test_ema_weights_are_the_ones_validated_and_saved(tiny_config, synthetic_root, tmp_path):
     cfg = dataclasses.replace(tiny_config, optim=dataclasses.replace(tiny_config.optim, ema_decay=0.9))
     history = run(cfg, tmp_path / "run", synthetic_root)

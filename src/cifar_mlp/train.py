@@ -172,6 +172,9 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     if model.whitened and not resumed:
         model.whiten_weight[:], model.whiten_bias[:] = fit_whitening(splits.train.images.flatten(1), cfg.model)
     ema = make_ema(model, cfg)
+    if resumed and ("trained_model" in resumed) != (ema is not None):
+        raise UserError(f"cannot resume {run_dir}: it was trained {'with' if ema is None else 'without'} an EMA of "
+                        "the weights; keep optim.ema_decay as the run had it (see its config.json)")
     if resumed and ema is not None:  # the checkpoint's "model" is the average; the trained weights are apart
         model.load_state_dict(resumed["trained_model"])
         ema.n_averaged.fill_(resumed["ema_updates"])
