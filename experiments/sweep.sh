@@ -32,6 +32,14 @@ declare -A VARIANT=(
   [noaug-wd01]="--config best-noaug --set optim.weight_decay=0.1"
   [noaug-deep]="--config best-noaug --set model.widths=[1024,1024,512,256]"
   [noaug-lr4e-3]="--config best-noaug --lr 4e-3"
+  [noaug-sam05]="--config best-noaug --set optim.sam_rho=0.05"
+  [noaug-indrop01]="--config best-noaug --set model.input_dropout=0.1"
+  [noaug-indrop02]="--config best-noaug --set model.input_dropout=0.2"
+  [noaug-bf16]="--config best-noaug --set train.bf16=true"
+  [noaug-sam02]="--config best-noaug --set train.bf16=true --set optim.sam_rho=0.2"
+  [noaug-zca-soft]="--config best-noaug --set train.bf16=true --set model.whitening=zca --set model.whitening_eps=0.1 --set model.input_dropout=0.2"
+  [noaug-wide-drop05]="--config best-noaug --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
+  [fast-bf16-30]="--config fast --epochs 30 --set train.bf16=true"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")

@@ -102,3 +102,16 @@ def test_whitened_model_holds_the_map_as_buffers():
     assert "whiten_weight" in model.state_dict()
     assert all(p.shape != (100, 3072) for p in model.parameters())  # fixed: not trained, no weight decay
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_input_dropout_drops_input_features_in_training_only():
+    assert MLP(ModelConfig(widths=[16])).input_dropout is None  # the seed model has no extra module
+    model = MLP(ModelConfig(widths=[16], input_dropout=0.25))
+    seen = []
+    model.blocks[0][0].register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    x = torch.ones(64, 3072)
+    model.train()(x)
+    assert (seen[0] == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert seen[0].max().item() == pytest.approx(1 / 0.75, rel=1e-3)
+    model.eval()(x)
+    assert torch.equal(seen[1], x)

@@ -1,8 +1,10 @@
+import copy
 import dataclasses
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from cifar_mlp import UserError, checkpoint, train
 from cifar_mlp.config import ModelConfig
@@ -264,3 +266,50 @@ def test_train_accuracy_under_mixup_counts_the_label_with_the_larger_share(tiny_
     _, correct, _ = train.train_epoch(model, train.make_optimizer(model, cfg), torch.nn.CrossEntropyLoss(), split,
                                       cfg, torch.Generator().manual_seed(0), epoch=1)
     assert correct.item() == len(split.labels)
+
+
+def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
+    torch.manual_seed(0)
+    model = MLP(ModelConfig(widths=[32, 16], dropout=0.0)).train()
+    x, y, rho = torch.randn(64, 3072), torch.randint(10, (64,)), 0.5
+    loss_fn = nn.CrossEntropyLoss()
+    loss_fn(model(x), y).backward()
+    after_first_pass = copy.deepcopy(model.state_dict())
+    reference = copy.deepcopy(model)
+    grads = [p.grad.clone() for p in model.parameters()]
+    norm = torch.cat([g.flatten() for g in grads]).norm()
+    with torch.no_grad():
+        for p, g in zip(reference.parameters(), grads, strict=True):
+            p += rho * g / norm
+    reference.zero_grad()
+    loss_fn(reference(x), y).backward()
+
+    train.sharpness_aware_gradients(model, loss_fn, x, y, rho, use_bf16=False)
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    for key, value in model.state_dict().items():  # weights restored, BatchNorm running statistics untouched
+        if key.endswith("num_batches_tracked"):  # a pass counter, unused with a fixed momentum
+            continue
+        assert torch.equal(value, after_first_pass[key]), key
+    assert not torch.allclose(model.blocks[0][0].weight.grad, grads[0])  # not the plain gradient
+
+
+def test_sam_and_input_dropout_train_and_resume_exactly(tiny_config, synthetic_root, tmp_path):
+    cfg = dataclasses.replace(tiny_config, optim=dataclasses.replace(tiny_config.optim, sam_rho=0.05),
+                              model=dataclasses.replace(tiny_config.model, input_dropout=0.1))
+    full = run(cfg, tmp_path / "full", synthetic_root)
+    assert full[-1]["train_loss"] < full[0]["train_loss"]
+    short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
+    run(short, tmp_path / "split", synthetic_root)
+    resumed = run(cfg, tmp_path / "split", synthetic_root, resume=True)
+    assert without_timing(resumed) == without_timing(full)
+
+
+def test_bf16_on_cpu_trains_in_bf16_and_keeps_float32_weights(tiny_config, synthetic_root, tmp_path):
+    bf16 = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, bf16=True))
+    low, full = run(bf16, tmp_path / "bf16", synthetic_root), run(tiny_config, tmp_path / "fp32", synthetic_root)
+    assert without_timing(low) != without_timing(full)  # the autocast really changed the arithmetic
+    assert low[-1]["train_loss"] < low[0]["train_loss"]
+    assert abs(low[-1]["val_loss"] - full[-1]["val_loss"]) < 0.1 * full[-1]["val_loss"]
+    weights = checkpoint.load(tmp_path / "bf16" / "checkpoints" / "last.pt")["model"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())

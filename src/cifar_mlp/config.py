@@ -24,6 +24,7 @@ class DataConfig:
 class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [512, 256, 128])
     dropout: float = 0.2
+    input_dropout: float = 0.0  # dropout on the 3072 input features (after any whitening); 0: off
     norm: str = "batch"  # batch | layer | none
     activation: str = "relu"  # relu | gelu
     order: str = "act-norm"  # act-norm: Linear->Act->Norm->Dropout (the seed's); norm-act: Linear->Norm->Act->Dropout
@@ -42,6 +43,7 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     ema_decay: float = 0.0  # per-step decay of a moving average of the weights, evaluated and saved; 0: off
+    sam_rho: float = 0.0  # sharpness-aware minimisation: radius of the weight perturbation; 0: plain steps
 
 
 @dataclass
@@ -50,7 +52,7 @@ class TrainConfig:
     batch_size: int = 2024
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = False  # bf16 autocast, CUDA only
+    bf16: bool = False  # bf16 autocast of the forward and backward matmuls (CPUs with AVX512-BF16 or AMX, GPUs)
 
 
 @dataclass
@@ -128,12 +130,14 @@ def validate(c: Config) -> None:
         "optim.weight_decay": c.optim.weight_decay,
         "optim.warmup_epochs": c.optim.warmup_epochs,
         "optim.grad_clip": c.optim.grad_clip,
+        "optim.sam_rho": c.optim.sam_rho,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise UserError(f"config: {key} must be >= 0, got {value}")
-    if not 0 <= c.model.dropout < 1:
-        raise UserError(f"config: model.dropout must be in [0, 1), got {c.model.dropout}")
+    for key, value in {"model.dropout": c.model.dropout, "model.input_dropout": c.model.input_dropout}.items():
+        if not 0 <= value < 1:
+            raise UserError(f"config: {key} must be in [0, 1), got {value}")
     if not 0 <= c.optim.ema_decay < 1:
         raise UserError(f"config: optim.ema_decay must be in [0, 1), got {c.optim.ema_decay}")
     if c.data.mix_alpha <= 0:

@@ -50,7 +50,7 @@ class Block(nn.Sequential):
 
 class MLP(nn.Module):
     """Optional fixed whitening (a linear map fitted on the train split, stored as buffers so that every later
-    step applies it), hidden blocks, and a final Linear to 10 logits."""
+    step applies it), optional dropout of input features, hidden blocks, and a final Linear to 10 logits."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -60,6 +60,7 @@ class MLP(nn.Module):
             in_features = cfg.whitening_dims if cfg.whitening == "pca" else IN_FEATURES
             self.register_buffer("whiten_weight", torch.zeros(in_features, IN_FEATURES))
             self.register_buffer("whiten_bias", torch.zeros(in_features))
+        self.input_dropout = Dropout(cfg.input_dropout) if cfg.input_dropout else None
         widths = [in_features, *cfg.widths]
         self.blocks = nn.Sequential(*(Block(a, b, cfg) for a, b in zip(widths, widths[1:], strict=False)))
         self.head = nn.Linear(widths[-1], NUM_CLASSES)
@@ -69,6 +70,8 @@ class MLP(nn.Module):
         x = images.flatten(1)
         if self.whitened:
             x = nn.functional.linear(x, self.whiten_weight, self.whiten_bias)
+        if self.input_dropout is not None:
+            x = self.input_dropout(x)
         return self.head(self.blocks(x))
 
 

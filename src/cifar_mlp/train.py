@@ -108,6 +108,29 @@ def make_ema(model, cfg: Config) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
 
 
+def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, use_bf16: bool) -> None:
+    """SAM (Foret et al., 2021): replace the gradients, already computed at the weights w, by those at
+    w + rho * g / |g|, the steepest point within radius rho to first order, so that the step prefers flat minima.
+    The weights are restored exactly, and BatchNorm running statistics are not updated by this second pass."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    with torch.no_grad():
+        originals = [p.detach().clone() for p in params]
+        grads = [p.grad for p in params]
+        torch._foreach_add_(params, torch._foreach_mul(grads, rho / (nn.utils.get_total_norm(grads) + 1e-12)))
+    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm1d)}
+    for m in momenta:
+        m.momentum = 0.0
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        loss = loss_fn(model(x).float(), target)
+    loss.backward()
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+    with torch.no_grad():
+        for p, original in zip(params, originals, strict=True):
+            p.copy_(original)
+
+
 def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None):
     """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
     tensors (so that the host waits for the device once per epoch, not once per step) and the last lr.
@@ -118,7 +141,7 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     n = len(split.labels)
     steps_per_epoch = math.ceil(n / cfg.train.batch_size)
     total_steps, warmup_steps = cfg.train.epochs * steps_per_epoch, round(cfg.optim.warmup_epochs * steps_per_epoch)
-    use_bf16 = cfg.train.bf16 and device.type == "cuda"
+    use_bf16 = cfg.train.bf16
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     buffer = split.images.new_empty((min(n, cfg.train.batch_size), *split.images.shape[1:]))  # no page faults
@@ -138,6 +161,8 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         loss = loss_fn(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.optim.sam_rho:
+            sharpness_aware_gradients(model, loss_fn, x, target, cfg.optim.sam_rho, use_bf16)
         if cfg.optim.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
