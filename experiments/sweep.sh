@@ -39,6 +39,8 @@ declare -A VARIANT=(
   [noaug-sam02]="--config best-noaug --set train.bf16=true --set optim.sam_rho=0.2"
   [noaug-zca-soft]="--config best-noaug --set train.bf16=true --set model.whitening=zca --set model.whitening_eps=0.1 --set model.input_dropout=0.2"
   [noaug-wide-drop05]="--config best-noaug --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
+  [noaug-wide-drop05-80]="--config best-noaug --epochs 80 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
+  [noaug-wide-drop05-in03]="--config best-noaug --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.3"
   [fast-bf16-30]="--config fast --epochs 30 --set train.bf16=true"
 )
 names=("$@")

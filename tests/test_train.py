@@ -313,3 +313,12 @@ def test_bf16_on_cpu_trains_in_bf16_and_keeps_float32_weights(tiny_config, synth
     assert abs(low[-1]["val_loss"] - full[-1]["val_loss"]) < 0.1 * full[-1]["val_loss"]
     weights = checkpoint.load(tmp_path / "bf16" / "checkpoints" / "last.pt")["model"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_config, synthetic_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train.environment, "cpu_has_bf16", lambda: False)
+    bf16 = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, bf16=True, epochs=1))
+    run(bf16, tmp_path / "run", synthetic_root)
+    assert "no native bf16" in capsys.readouterr().err
+    run(tiny_config, tmp_path / "fp32", synthetic_root, overwrite=True)
+    assert "bf16" not in capsys.readouterr().err

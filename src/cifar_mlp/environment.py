@@ -21,6 +21,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles); elsewhere bf16 autocast is emulated
+    and slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def git_commit() -> str | None:
     """The commit of the source tree this package runs from (None outside a git checkout)."""
     try:
@@ -44,6 +50,7 @@ def describe(device: torch.device | str = "cpu") -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_has_bf16(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "git_commit": git_commit(),
     }

@@ -183,6 +183,9 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     resumed = checkpoint.load(last_path) if resume else None
     device = resolve_device(cfg.train.device)
+    if cfg.train.bf16 and device.type == "cpu" and not environment.cpu_has_bf16():
+        print("cifar-mlp: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so train.bf16 will be slower "
+              "than float32; add --set train.bf16=false", file=sys.stderr)
     data = data or load_cifar10(data_dir, allow_download)
     splits = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, device)
     write_json(cfg.to_dict(), run_dir / "config.json")
