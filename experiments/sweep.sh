@@ -4,6 +4,9 @@
 # Results: runs/sweep/NAME/history.csv; summarise with: cifar-mlp compare runs/sweep/*
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The presets changed over the sweep; variants start from these fixed recipes so that each stays reproducible.
+FAST_B="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"  # the first best-noaug preset
+BEST_300="$FAST_B --epochs 300 --set data.augment=[\"flip\",\"crop\"] --set optim.warmup_epochs=5.0"  # the first best preset
 declare -A VARIANT=(
   [fast-a]="--config seed --epochs 30 --batch-size 512 --lr 2e-3 --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"
   [fast-b]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"
@@ -22,26 +25,28 @@ declare -A VARIANT=(
   [cosine]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=cosine --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"
   [ema998]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set optim.ema_decay=0.998"
   [ema99]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1 --set optim.ema_decay=0.99"
-  [flipcrop100]="--config best --epochs 100"
-  [mixup100]="--config best --epochs 100 --set data.mix=mixup --set data.mix_alpha=0.2"
-  [cutmix100]="--config best --epochs 100 --set data.mix=cutmix --set data.mix_alpha=1.0"
-  [drop01-100]="--config best --epochs 100 --set model.dropout=0.1"
-  [drop01-300]="--config best --set model.dropout=0.1"
-  [noaug-bs256]="--config best-noaug --batch-size 256"
-  [noaug-ls02]="--config best-noaug --set optim.label_smoothing=0.2"
-  [noaug-wd01]="--config best-noaug --set optim.weight_decay=0.1"
-  [noaug-deep]="--config best-noaug --set model.widths=[1024,1024,512,256]"
-  [noaug-lr4e-3]="--config best-noaug --lr 4e-3"
-  [noaug-sam05]="--config best-noaug --set optim.sam_rho=0.05"
-  [noaug-indrop01]="--config best-noaug --set model.input_dropout=0.1"
-  [noaug-indrop02]="--config best-noaug --set model.input_dropout=0.2"
-  [noaug-bf16]="--config best-noaug --set train.bf16=true"
-  [noaug-sam02]="--config best-noaug --set train.bf16=true --set optim.sam_rho=0.2"
-  [noaug-zca-soft]="--config best-noaug --set train.bf16=true --set model.whitening=zca --set model.whitening_eps=0.1 --set model.input_dropout=0.2"
-  [noaug-wide-drop05]="--config best-noaug --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
-  [noaug-wide-drop05-80]="--config best-noaug --epochs 80 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
-  [noaug-wide-drop05-in03]="--config best-noaug --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.3"
-  [fast-bf16-30]="--config fast --epochs 30 --set train.bf16=true"
+  [flipcrop100]="$BEST_300 --epochs 100"
+  [mixup100]="$BEST_300 --epochs 100 --set data.mix=mixup --set data.mix_alpha=0.2"
+  [cutmix100]="$BEST_300 --epochs 100 --set data.mix=cutmix --set data.mix_alpha=1.0"
+  [drop01-100]="$BEST_300 --epochs 100 --set model.dropout=0.1"
+  [drop01-300]="$BEST_300 --set model.dropout=0.1"
+  [noaug-bs256]="$FAST_B --batch-size 256"
+  [noaug-ls02]="$FAST_B --set optim.label_smoothing=0.2"
+  [noaug-wd01]="$FAST_B --set optim.weight_decay=0.1"
+  [noaug-deep]="$FAST_B --set model.widths=[1024,1024,512,256]"
+  [noaug-lr4e-3]="$FAST_B --lr 4e-3"
+  [noaug-sam05]="$FAST_B --set optim.sam_rho=0.05"
+  [noaug-indrop01]="$FAST_B --set model.input_dropout=0.1"
+  [noaug-indrop02]="$FAST_B --set model.input_dropout=0.2"
+  [noaug-bf16]="$FAST_B --set train.bf16=true"
+  [noaug-sam02]="$FAST_B --set train.bf16=true --set optim.sam_rho=0.2"
+  [noaug-zca-soft]="$FAST_B --set train.bf16=true --set model.whitening=zca --set model.whitening_eps=0.1 --set model.input_dropout=0.2"
+  [noaug-wide-drop05]="$FAST_B --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
+  [noaug-wide-drop05-80]="$FAST_B --epochs 80 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
+  [noaug-wide-drop05-in03]="$FAST_B --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.3"
+  [noaug-wider]="$FAST_B --epochs 40 --set train.bf16=true --set model.widths=[4096,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
+  [fast-bf16-30]="$FAST_B --epochs 30 --set train.bf16=true --set data.augment=[\"flip\"]"
+  [bf16-500]="$BEST_300 --epochs 500 --set train.bf16=true"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")
