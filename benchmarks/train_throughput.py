@@ -125,14 +125,15 @@ def main():
     splits = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, device)
     n, batch = len(splits.train.labels), cfg.train.batch_size
     widths = [3072, *cfg.model.widths, 10]
+    variants = args.variants.split(",")
     rooflines = {}
-    for dtype in (torch.float32, torch.bfloat16) if "bf16" in args.variants else (torch.float32,):
+    for dtype in (torch.float32, torch.bfloat16) if "bf16" in variants else (torch.float32,):
         step_seconds, step_flops = matmul_seconds(widths, batch, device, dtype)
         rooflines[dtype] = {"matmul_gflops": step_flops / step_seconds / 1e9, "epoch_s": step_seconds * n / batch}
     result = {"machine": environment.machine_line(environment.describe(device)), "device": str(device),
               "images": n, "batch_size": batch, "roofline": {str(k): v for k, v in rooflines.items()},
               "variants": {}}
-    for variant in args.variants.split(","):
+    for variant in variants:
         seconds = time_epochs(cfg, splits.train, device, args.epochs, variant)
         roofline = rooflines[torch.bfloat16 if variant == "bf16" else torch.float32]["epoch_s"]
         result["variants"][variant] = {"epoch_s": seconds, "samples_per_s": n / seconds,

@@ -284,7 +284,7 @@ def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
     reference.zero_grad()
     loss_fn(reference(x), y).backward()
 
-    train.sharpness_aware_gradients(model, loss_fn, x, y, rho, use_bf16=False)
+    train.sharpness_aware_gradients(model, loss_fn, x, y, rho, bf16=False)
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
     for key, value in model.state_dict().items():  # weights restored, BatchNorm running statistics untouched

@@ -108,7 +108,14 @@ def make_ema(model, cfg: Config) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
 
 
-def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, use_bf16: bool) -> None:
+def forward_loss(model, loss_fn, x, target, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits (under bf16 autocast when asked) and the float32 loss against target."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    return logits, loss_fn(logits.float(), target)
+
+
+def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool) -> None:
     """SAM (Foret et al., 2021): replace the gradients, already computed at the weights w, by those at
     w + rho * g / |g|, the steepest point within radius rho to first order, so that the step prefers flat minima.
     The weights are restored exactly, and BatchNorm running statistics are not updated by this second pass."""
@@ -121,9 +128,7 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, use_bf16: b
     for m in momenta:
         m.momentum = 0.0
     model.zero_grad(set_to_none=True)
-    with torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        loss = loss_fn(model(x).float(), target)
-    loss.backward()
+    forward_loss(model, loss_fn, x, target, bf16)[1].backward()
     for m, momentum in momenta.items():
         m.momentum = momentum
     with torch.no_grad():
@@ -141,7 +146,6 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     n = len(split.labels)
     steps_per_epoch = math.ceil(n / cfg.train.batch_size)
     total_steps, warmup_steps = cfg.train.epochs * steps_per_epoch, round(cfg.optim.warmup_epochs * steps_per_epoch)
-    use_bf16 = cfg.train.bf16
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     buffer = split.images.new_empty((min(n, cfg.train.batch_size), *split.images.shape[1:]))  # no page faults
@@ -156,13 +160,11 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         if cfg.data.mix != "none":
             x, target = mix(x, y, cfg.data.mix, cfg.data.mix_alpha)
             y = target.argmax(1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(x)
-        loss = loss_fn(logits.float(), target)
+        logits, loss = forward_loss(model, loss_fn, x, target, cfg.train.bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.sam_rho:
-            sharpness_aware_gradients(model, loss_fn, x, target, cfg.optim.sam_rho, use_bf16)
+            sharpness_aware_gradients(model, loss_fn, x, target, cfg.optim.sam_rho, cfg.train.bf16)
         if cfg.optim.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
