@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 # The presets changed over the sweep; variants start from these fixed recipes so that each stays reproducible.
 FAST_B="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"  # the first best-noaug preset
 BEST_300="$FAST_B --epochs 300 --set data.augment=[\"flip\",\"crop\"] --set optim.warmup_epochs=5.0"  # the first best preset
+NOAUG_40="$FAST_B --epochs 40 --set train.bf16=true --set model.widths=[2048,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"  # the second best-noaug preset
+BEST_500="$BEST_300 --epochs 500 --set train.bf16=true"  # the second best preset
+PROJECT="--set model.whitening=\"project\" --set model.whitening_dims"  # followed by =K: keep the top K principal components
 declare -A VARIANT=(
   [fast-a]="--config seed --epochs 30 --batch-size 512 --lr 2e-3 --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"
   [fast-b]="--config seed --epochs 20 --batch-size 512 --lr 2e-3 --set model.widths=[1024,512,256] --set optim.schedule=onecycle --set optim.warmup_epochs=2.0 --set optim.label_smoothing=0.1"
@@ -47,6 +50,17 @@ declare -A VARIANT=(
   [noaug-wider]="$FAST_B --epochs 40 --set train.bf16=true --set model.widths=[4096,1024,512] --set model.dropout=0.5 --set model.input_dropout=0.2"
   [fast-bf16-30]="$FAST_B --epochs 30 --set train.bf16=true --set data.augment=[\"flip\"]"
   [bf16-500]="$BEST_300 --epochs 500 --set train.bf16=true"
+  [noaug-proj128]="$NOAUG_40 $PROJECT=128"
+  [noaug-proj256]="$NOAUG_40 $PROJECT=256"
+  [noaug-proj512]="$NOAUG_40 $PROJECT=512"
+  [noaug-proj256-indrop0]="$NOAUG_40 $PROJECT=256 --set model.input_dropout=0.0"
+  [noaug-proj256-80]="$NOAUG_40 $PROJECT=256 --epochs 80"
+  [noaug-proj256-indrop03]="$NOAUG_40 $PROJECT=256 --set model.input_dropout=0.3"
+  [proj256-100]="$BEST_500 $PROJECT=256 --epochs 100"
+  [proj512-100]="$BEST_500 $PROJECT=512 --epochs 100"
+  [fast-proj256-crop50]="$BEST_500 $PROJECT=256 --epochs 50"
+  [fast-proj512-crop50]="$BEST_500 $PROJECT=512 --epochs 50"
+  [fast-proj256-flip50]="$FAST_B --epochs 50 --set train.bf16=true --set data.augment=[\"flip\"] $PROJECT=256"
 )
 names=("$@")
 [ "${names[0]:-all}" = all ] && names=("${!VARIANT[@]}")

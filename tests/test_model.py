@@ -96,8 +96,20 @@ def test_whitening_decorrelates_the_training_inputs(kind, dims):
         assert (direction @ torch.cov(x.T) @ direction).item() == pytest.approx(variances[0].item(), rel=1e-3)
 
 
-def test_whitened_model_holds_the_map_as_buffers():
-    model = MLP(ModelConfig(widths=[16], whitening="pca", whitening_dims=100))
+def test_projection_keeps_the_top_components_at_their_relative_scale():
+    torch.manual_seed(0)
+    x = torch.randn(5000, 20) @ torch.randn(20, 20) + 3
+    weight, bias = fit_whitening(x, ModelConfig(whitening="project", whitening_dims=6))
+    z = x @ weight.T + bias
+    top = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0)[:6]
+    torch.testing.assert_close(z.mean(0), torch.zeros(6), atol=1e-3, rtol=0)
+    # decorrelated, largest variance first, unwhitened: the variances keep the eigenvalues' ratios, mean 1
+    torch.testing.assert_close(torch.cov(z.T), torch.diag(top / top.mean()), atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["pca", "project"])
+def test_whitened_model_holds_the_map_as_buffers(kind):
+    model = MLP(ModelConfig(widths=[16], whitening=kind, whitening_dims=100))
     assert model.whiten_weight.shape == (100, 3072) and model.blocks[0][0].in_features == 100
     assert "whiten_weight" in model.state_dict()
     assert all(p.shape != (100, 3072) for p in model.parameters())  # fixed: not trained, no weight decay

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from cifar_mlp import UserError
+from cifar_mlp import UserError, config
 from cifar_mlp.evaluate import evaluate_run
-from cifar_mlp.report import compare, diagnose, write_report
+from cifar_mlp.report import compare, diagnose, input_map, write_report
 from cifar_mlp.train import read_history
 
 
@@ -40,6 +40,12 @@ def test_still_falling_under_a_decaying_schedule_does_not_promise_more_epochs():
 def test_flat_validation_loss_has_converged():
     d = diagnose(history([2.0 * 0.8**i for i in range(10)] + [0.27] * 30))
     assert d.verdict == "converged"
+
+
+def test_set_up_names_the_fixed_input_map():
+    assert input_map(config.load("seed")) == ""
+    assert input_map(config.load("best")) == "a projection onto the top 512 principal components (not whitened)"
+    assert input_map(config.load("seed", ['model.whitening="zca"'])) == "ZCA whitening"
 
 
 @pytest.fixture(scope="module")

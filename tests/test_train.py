@@ -204,8 +204,9 @@ def test_train_cli_overrides_and_errors(synthetic_root, tmp_path, capsys):
     assert "train.epochs must be positive" in capsys.readouterr().err
 
 
-def test_whitening_is_fitted_on_the_train_split_and_saved(tiny_config, synthetic_root, tmp_path):
-    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, whitening="pca",
+@pytest.mark.parametrize("kind", ["pca", "project"])
+def test_whitening_is_fitted_on_the_train_split_and_saved(kind, tiny_config, synthetic_root, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, whitening=kind,
                                                                       whitening_dims=40, whitening_eps=0.1))
     history = run(cfg, tmp_path / "run", synthetic_root)
     assert history[-1]["train_loss"] < history[0]["train_loss"]

@@ -24,13 +24,14 @@ class DataConfig:
 class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [512, 256, 128])
     dropout: float = 0.2
-    input_dropout: float = 0.0  # dropout on the 3072 input features (after any whitening); 0: off
+    input_dropout: float = 0.0  # dropout on the input features (after any whitening or projection); 0: off
     norm: str = "batch"  # batch | layer | none
     activation: str = "relu"  # relu | gelu
     order: str = "act-norm"  # act-norm: Linear->Act->Norm->Dropout (the seed's); norm-act: Linear->Norm->Act->Dropout
     residual: bool = False  # add the block input to its output where the widths match
-    whitening: str = "none"  # none | pca | zca: a fixed linear map fitted on the train split, the first layer
-    whitening_dims: int = 3072  # components kept by pca whitening
+    whitening: str = "none"  # none | pca | zca | project: a fixed linear map fitted on the train split, the first
+    # layer; pca/zca whiten, project keeps the top principal components unwhitened (model.fit_whitening)
+    whitening_dims: int = 3072  # principal components kept by pca and project
     whitening_eps: float = 0.01  # added to each eigenvalue before the inverse square root
 
 
@@ -71,7 +72,7 @@ CHOICES = {
     "model.norm": {"batch", "layer", "none"},
     "model.activation": {"relu", "gelu"},
     "model.order": {"act-norm", "norm-act"},
-    "model.whitening": {"none", "pca", "zca"},
+    "model.whitening": {"none", "pca", "zca", "project"},
     "optim.schedule": {"none", "cosine", "onecycle"},
     "train.device": {"auto", "cpu", "cuda"},
 }

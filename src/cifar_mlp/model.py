@@ -57,7 +57,7 @@ class MLP(nn.Module):
         in_features = IN_FEATURES
         self.whitened = cfg.whitening != "none"
         if self.whitened:
-            in_features = cfg.whitening_dims if cfg.whitening == "pca" else IN_FEATURES
+            in_features = IN_FEATURES if cfg.whitening == "zca" else cfg.whitening_dims
             self.register_buffer("whiten_weight", torch.zeros(in_features, IN_FEATURES))
             self.register_buffer("whiten_bias", torch.zeros(in_features))
         self.input_dropout = Dropout(cfg.input_dropout) if cfg.input_dropout else None
@@ -77,18 +77,23 @@ class MLP(nn.Module):
 
 @torch.no_grad()
 def fit_whitening(x: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of PCA or ZCA whitening for flat inputs x (N x 3072): the eigenvectors of their covariance,
-    scaled by 1 / sqrt(eigenvalue + eps); ZCA rotates back to pixel space, PCA keeps the top whitening_dims."""
+    """(weight, bias) of the fixed first layer for flat inputs x (N x 3072), from the eigenvectors of their
+    covariance. PCA and ZCA scale each component by 1 / sqrt(eigenvalue + eps) (whitening); ZCA rotates back to
+    pixel space, PCA keeps the top whitening_dims. "project" keeps the top whitening_dims at their natural
+    relative scale (one factor makes the average variance 1): a low-pass filter that drops the small,
+    high-frequency components an MLP would otherwise use to memorise its training images."""
     mean = x.mean(0)
     centred = x - mean
     cov = (centred.T @ centred).double() / (len(x) - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
     scale = (eigenvalues + cfg.whitening_eps).rsqrt()
-    if cfg.whitening == "pca":
-        top = slice(-cfg.whitening_dims, None)
-        weight = (eigenvectors[:, top] * scale[top]).T.flip(0)
-    else:
+    top = slice(-cfg.whitening_dims, None)
+    if cfg.whitening == "project":
+        scale = eigenvalues[top].mean().rsqrt().expand(len(eigenvalues))
+    if cfg.whitening == "zca":
         weight = (eigenvectors * scale) @ eigenvectors.T
+    else:
+        weight = (eigenvectors[:, top] * scale[top]).T.flip(0)
     weight = weight.to(x.dtype)
     return weight, -weight @ mean
 

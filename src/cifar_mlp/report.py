@@ -86,6 +86,14 @@ def augmentations(cfg) -> list[str]:
     return [*cfg.data.augment, *mixing]
 
 
+def input_map(cfg) -> str:
+    """The fixed first layer fitted on the train split, in words ("" when there is none)."""
+    m = cfg.model
+    return {"none": "", "zca": "ZCA whitening", "pca": f"PCA whitening to {m.whitening_dims} components",
+            "project": f"a projection onto the top {m.whitening_dims} principal components (not whitened)"
+            }[m.whitening]
+
+
 def read_run(run_dir: Path) -> dict:
     """The files a report needs; a clear error if the run is unfinished or unevaluated."""
     run_dir = Path(run_dir)
@@ -123,8 +131,9 @@ def build(run_dir: Path) -> list[tuple]:
         ("p", f"Data: CIFAR-10, {split['sizes']['train']:,} train / {split['sizes']['validation']:,} validation "
               f"(stratified, {split['val_per_class']} per class, split seed {split['split_seed']}, fingerprint "
               f"{split['fingerprint']}) / {split['sizes']['test']:,} official test images. Preprocessing: pixels "
-              "scaled to [0, 1], then normalised per channel with the train split's mean and std; "
-              f"augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
+              "scaled to [0, 1], then normalised per channel with the train split's mean and std"
+              + (f", then {input_map(cfg)}, fitted on the train split and fixed" if input_map(cfg) else "")
+              + f"; augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
         ("p", f"Model: a fully connected network with {parameter_count(model):,} parameters; it outputs 10 logits, "
               "softmax gives the probabilities, and training minimises the cross-entropy of the logits."),
         ("code", describe(model)),
