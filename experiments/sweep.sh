@@ -58,6 +58,7 @@ declare -A VARIANT=(
   [noaug-proj256-indrop03]="$NOAUG_40 $PROJECT=256 --set model.input_dropout=0.3"
   [proj256-100]="$BEST_500 $PROJECT=256 --epochs 100"
   [proj512-100]="$BEST_500 $PROJECT=512 --epochs 100"
+  [proj512-700]="$BEST_500 $PROJECT=512 --epochs 700"
   [fast-proj256-crop50]="$BEST_500 $PROJECT=256 --epochs 50"
   [fast-proj512-crop50]="$BEST_500 $PROJECT=512 --epochs 50"
   [fast-proj256-flip50]="$FAST_B --epochs 50 --set train.bf16=true --set data.augment=[\"flip\"] $PROJECT=256"
