@@ -86,14 +86,13 @@ def fit_whitening(x: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torc
     centred = x - mean
     cov = (centred.T @ centred).double() / (len(x) - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
-    scale = (eigenvalues + cfg.whitening_eps).rsqrt()
-    top = slice(-cfg.whitening_dims, None)
-    if cfg.whitening == "project":
-        scale = eigenvalues[top].mean().rsqrt().expand(len(eigenvalues))
+    whiten = (eigenvalues + cfg.whitening_eps).rsqrt()
     if cfg.whitening == "zca":
-        weight = (eigenvectors * scale) @ eigenvectors.T
+        weight = (eigenvectors * whiten) @ eigenvectors.T
     else:
-        weight = (eigenvectors[:, top] * scale[top]).T.flip(0)
+        top = slice(-cfg.whitening_dims, None)
+        scale = eigenvalues[top].mean().rsqrt() if cfg.whitening == "project" else whiten[top]
+        weight = (eigenvectors[:, top] * scale).T.flip(0)
     weight = weight.to(x.dtype)
     return weight, -weight @ mean
 
