@@ -51,6 +51,7 @@ def test_config_from_a_toml_path(tmp_path):
         ({"data": {"mix_alpha": 0.0}}, "data.mix_alpha must be positive"),
         ({"model": {"input_dropout": -0.1}}, r"model.input_dropout must be in \[0, 1\)"),
         ({"optim": {"sam_rho": -0.05}}, "optim.sam_rho must be >= 0"),
+        ({"model": {"members": 0}}, "model.members must be positive"),
     ],
 )
 def test_bad_values_get_one_line_errors(raw, message):

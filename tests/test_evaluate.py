@@ -195,3 +195,24 @@ def test_probabilities_are_softmax_of_logits(trained_run):
     x = torch.randn(7, 3, 32, 32)
     np.testing.assert_allclose(predict_probs(model, x), torch.softmax(model(x).double(), 1).detach().numpy(),
                                atol=1e-6)
+
+
+def test_an_ensemble_run_records_each_members_accuracy(tiny_config, synthetic_root, tmp_path):
+    import dataclasses
+
+    from cifar_mlp import checkpoint
+    from cifar_mlp.data import load_cifar10, make_splits
+    from cifar_mlp.evaluate import predict_probs
+    from cifar_mlp.report import build, to_markdown
+    from cifar_mlp.train import train
+
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, members=2))
+    train(cfg, tmp_path / "run", synthetic_root, allow_download=False, quiet=True)
+    metrics = evaluate_run(tmp_path / "run", "last", data_dir=synthetic_root, device="cpu", quiet=True)
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = checkpoint.load(path)
+    ensemble = checkpoint.build_model(ckpt, path)
+    test = make_splits(load_cifar10(synthetic_root, False), 5, 0, "cpu", ckpt["mean"], ckpt["std"]).test
+    expected = [(predict_probs(m, test.images).argmax(1) == test.labels.numpy()).mean() for m in ensemble]
+    assert metrics["splits"]["test"]["member_accuracy"] == pytest.approx(expected)
+    assert "It is an ensemble of 2 networks trained independently" in to_markdown(build(tmp_path / "run"))

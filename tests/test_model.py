@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from cifar_mlp.config import ModelConfig
-from cifar_mlp.model import MLP, Dropout, fit_whitening, parameter_count, predict_logits
+from cifar_mlp.model import MLP, Dropout, build_model, fit_whitening, parameter_count, predict_logits
 
 
 def test_default_is_the_seed_architecture():
@@ -127,3 +127,24 @@ def test_input_dropout_drops_input_features_in_training_only():
     assert seen[0].max().item() == pytest.approx(1 / 0.75, rel=1e-3)
     model.eval()(x)
     assert torch.equal(seen[1], x)
+
+
+def test_an_ensemble_averages_the_probabilities_of_independent_members():
+    cfg = ModelConfig(widths=[16], members=3)
+    ensemble = build_model(cfg).eval()
+    assert isinstance(build_model(ModelConfig(widths=[16])), MLP) and len(ensemble) == 3
+    assert not torch.equal(ensemble[0].head.weight, ensemble[1].head.weight)  # each starts from its own weights
+    x = torch.randn(5, 3072)
+    with torch.no_grad():
+        mean_probs = torch.stack([member(x).softmax(1) for member in ensemble]).mean(0)
+        assert ensemble.member_logits(x).shape == (3, 5, 10)
+        assert torch.allclose(ensemble(x).softmax(1), mean_probs, atol=1e-6)
+    assert parameter_count(ensemble) == 3 * parameter_count(ensemble[0])
+
+
+def test_an_ensemble_sets_the_input_map_of_every_member():
+    ensemble = build_model(ModelConfig(widths=[16], members=2, whitening="project", whitening_dims=8))
+    weight, bias = torch.randn(8, 3072), torch.randn(8)
+    ensemble.set_input_map(weight, bias)
+    assert ensemble.whitened and all(torch.equal(m.whiten_weight, weight) for m in ensemble)
+    assert all(torch.equal(m.whiten_bias, bias) for m in ensemble)

@@ -9,7 +9,7 @@ from torch import nn
 from cifar_mlp import UserError, checkpoint, train
 from cifar_mlp.config import ModelConfig
 from cifar_mlp.data import load_cifar10, make_splits
-from cifar_mlp.model import MLP, predict_logits
+from cifar_mlp.model import MLP, average_probabilities, build_model, predict_logits
 from cifar_mlp.train import lr_factor, read_history
 
 TIMING = ("epoch_time_s", "samples_per_s")
@@ -53,15 +53,18 @@ def test_same_seed_same_history_other_seed_differs(tiny_config, synthetic_root, 
     assert without_timing(run(other, tmp_path / "c", synthetic_root)) != without_timing(a)
 
 
-@pytest.mark.parametrize("data, optim", [
-    ({"augment": ["flip", "crop"]}, {"schedule": "cosine", "warmup_epochs": 1.0}),
-    ({"mix": "cutmix"}, {"schedule": "onecycle", "warmup_epochs": 1.0, "ema_decay": 0.9}),
+@pytest.mark.parametrize("data, optim, model", [
+    ({"augment": ["flip", "crop"]}, {"schedule": "cosine", "warmup_epochs": 1.0}, {}),
+    ({"mix": "cutmix"}, {"schedule": "onecycle", "warmup_epochs": 1.0, "ema_decay": 0.9}, {}),
+    ({}, {"schedule": "onecycle", "warmup_epochs": 1.0},
+     {"members": 2, "whitening": "project", "whitening_dims": 40, "input_dropout": 0.2}),
 ])
-def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch, data, optim):
+def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch, data, optim, model):
     cfg = dataclasses.replace(
         tiny_config,
         data=dataclasses.replace(tiny_config.data, **data),
         optim=dataclasses.replace(tiny_config.optim, **optim),
+        model=dataclasses.replace(tiny_config.model, **model),
     )
     full = run(cfg, tmp_path / "full", synthetic_root)
 
@@ -141,6 +144,30 @@ def test_checkpoint_from_another_architecture(tiny_config, synthetic_root, tmp_p
     assert "\n" not in str(info.value)
 
 
+def test_ensemble_members_train_on_their_own_losses_and_load_back(tiny_config, synthetic_root, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, members=3, dropout=0.0))
+    ensemble = build_model(cfg.model)
+    x, y = torch.randn(32, 3072), torch.randint(0, 10, (32,))
+    loss_fn = nn.CrossEntropyLoss()
+    logits, loss = train.forward_loss(ensemble, loss_fn, x, y, bf16=False)
+    member_losses = [loss_fn(member(x), y) for member in ensemble]
+    assert torch.allclose(loss, torch.stack(member_losses).mean())
+    assert torch.allclose(logits, average_probabilities(ensemble.member_logits(x)))
+    loss.backward()
+    alone = copy.deepcopy(ensemble[1])
+    alone.zero_grad()
+    loss_fn(alone(x), y).backward()  # member 1's gradient does not depend on the other members
+    assert torch.allclose(3 * ensemble[1].head.weight.grad, alone.head.weight.grad, atol=1e-6)
+
+    history = run(cfg, tmp_path / "run", synthetic_root)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = checkpoint.load(path)
+    assert len(checkpoint.build_model(ckpt, path)) == 3
+    with pytest.raises(UserError, match="different architecture than the config \\(members 1"):
+        checkpoint.build_model(ckpt, path, dataclasses.replace(cfg.model, members=1))
+
+
 def test_corrupt_and_foreign_checkpoints(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(UserError, match="corrupt or not a PyTorch checkpoint"):
@@ -163,7 +190,7 @@ def test_checkpoints_refuse_arbitrary_code(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, synthetic_root, tmp_path, monkeypatch):
-    real_forward = train.MLP.forward
+    real_forward = MLP.forward
     calls = []
 
     def poisoned(self, x):
@@ -171,7 +198,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, syntheti
         calls.append(1)
         return out * math.nan if len(calls) > 6 else out  # 4 train batches + 1 validation pass per epoch
 
-    monkeypatch.setattr(train.MLP, "forward", poisoned)
+    monkeypatch.setattr(MLP, "forward", poisoned)
     with pytest.raises(UserError, match="diverged.*epoch 2.*last good checkpoint"):
         run(tiny_config, tmp_path / "run", synthetic_root)
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1

@@ -7,7 +7,7 @@ import torch
 
 from cifar_mlp import UserError
 from cifar_mlp.config import ModelConfig, from_dict
-from cifar_mlp.model import MLP
+from cifar_mlp.model import build_model as build_architecture
 
 REQUIRED_KEYS = {"model", "config", "epoch", "mean", "std", "classes", "split"}
 
@@ -35,14 +35,15 @@ def load(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def build_model(ckpt: dict, path, model_cfg: ModelConfig | None = None) -> MLP:
+def build_model(ckpt: dict, path, model_cfg: ModelConfig | None = None):
     """The checkpoint's model, built from model_cfg (default: the checkpoint's own config) and its weights."""
     cfg = model_cfg or from_dict(ckpt["config"]).model
-    model = MLP(cfg)
+    model = build_architecture(cfg)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         detail = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"checkpoint {path} holds a different architecture than the config (widths "
-                        f"{cfg.widths}, norm {cfg.norm}): {detail}; use the run's own config or retrain") from None
+        raise UserError(f"checkpoint {path} holds a different architecture than the config (members "
+                        f"{cfg.members}, widths {cfg.widths}, norm {cfg.norm}): {detail}; use the run's own config "
+                        "or retrain") from None
     return model

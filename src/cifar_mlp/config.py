@@ -33,6 +33,7 @@ class ModelConfig:
     # layer; pca/zca whiten, project keeps the top principal components unwhitened (model.fit_whitening)
     whitening_dims: int = 3072  # principal components kept by pca and project
     whitening_eps: float = 0.01  # added to each eigenvalue before the inverse square root
+    members: int = 1  # an ensemble: this many MLPs trained independently side by side, their probabilities averaged
 
 
 @dataclass
@@ -123,6 +124,7 @@ def validate(c: Config) -> None:
         "train.batch_size": c.train.batch_size,
         "optim.lr": c.optim.lr,
         "data.val_per_class": c.data.val_per_class,
+        "model.members": c.model.members,
     }
     for key, value in positive.items():
         if value <= 0:

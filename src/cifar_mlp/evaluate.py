@@ -17,7 +17,7 @@ from sklearn.metrics import classification_report, confusion_matrix, log_loss, t
 from cifar_mlp import UserError, checkpoint, plots
 from cifar_mlp.config import from_dict
 from cifar_mlp.data import SPLIT_NAMES, Cifar10, load_cifar10, make_splits, resolve_device
-from cifar_mlp.model import predict_logits
+from cifar_mlp.model import Ensemble, predict_logits
 from cifar_mlp.train import saved_config, write_json
 
 ECE_BINS = 15
@@ -180,6 +180,10 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
         y_true = split_data[split].labels.cpu().numpy()
         probs = predict_probs(model, split_data[split].images, tta_flip)
         results[split], predictions[split] = split_metrics(y_true, probs, classes), (y_true, probs)
+        if isinstance(model, Ensemble):
+            results[split]["scalars"]["member_accuracy"] = [
+                (predict_probs(member, split_data[split].images, tta_flip).argmax(1) == y_true).mean().item()
+                for member in model]
         if split != "train":
             results[split]["scalars"]["robustness"] = robustness(model, split_data[split].images,
                                                                  split_data[split].labels)

@@ -4,6 +4,8 @@ Training uses cross-entropy on these logits, which is the seed's "softmax + cate
 in one numerically stable step.
 """
 
+import math
+
 import torch
 from torch import nn
 
@@ -74,6 +76,39 @@ class MLP(nn.Module):
             x = self.input_dropout(x)
         return self.head(self.blocks(x))
 
+    def set_input_map(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.whiten_weight[:], self.whiten_bias[:] = weight, bias
+
+
+class Ensemble(nn.ModuleList):
+    """model.members MLPs side by side. Training gives each its own loss (train.member_losses), so they learn
+    independently, as separate runs would, differing by their initial weights and dropout masks; the ensemble's
+    logits are the log of their mean probabilities, so its softmax is the averaged prediction."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(MLP(cfg) for _ in range(cfg.members))
+        self.whitened = self[0].whitened
+
+    def member_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """members x N x 10."""
+        return torch.stack([member(images) for member in self])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return average_probabilities(self.member_logits(images))
+
+    def set_input_map(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        for member in self:
+            member.set_input_map(weight, bias)
+
+
+def average_probabilities(member_logits: torch.Tensor) -> torch.Tensor:
+    """Logits (members x N x C) -> N x C logits whose softmax is the members' mean probability."""
+    return member_logits.float().log_softmax(-1).logsumexp(0) - math.log(len(member_logits))
+
+
+def build_model(cfg: ModelConfig) -> MLP | Ensemble:
+    return MLP(cfg) if cfg.members == 1 else Ensemble(cfg)
+
 
 @torch.no_grad()
 def fit_whitening(x: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +136,7 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe(model: MLP) -> str:
+def describe(model: nn.Module) -> str:
     """One line per layer, for the report and the CLI."""
     return "\n".join(f"{name}: {module}" for name, module in model.named_modules()
                      if name and not list(module.children()))

@@ -1,5 +1,6 @@
 """Every figure the project draws, each a function from plain data to a PNG file (no computation of metrics here)."""
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -115,18 +116,22 @@ def plot_gallery(images: np.ndarray, captions: list[str], path: Path, title: str
 
 
 def plot_compare(histories: dict[str, list[dict]], path: Path) -> None:
-    """Validation (solid) and train (dotted) loss and validation accuracy of several runs, overlaid."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    for name, history in histories.items():
+    """Validation (solid) and train (dotted) loss and validation accuracy of several runs, overlaid, with one
+    legend of run names below the axes, which grows with the number of runs instead of covering the curves."""
+    columns = min(4, len(histories))
+    legend_rows = -(-len(histories) // columns)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5 + 0.22 * legend_rows), layout="constrained")
+    colors = plt.get_cmap("tab20" if len(histories) > 10 else "tab10").colors
+    for (name, history), color in zip(histories.items(), itertools.cycle(colors)):
         epochs = [r["epoch"] for r in history]
-        (line,) = ax_loss.plot(epochs, [r["val_loss"] for r in history], label=f"{name} (validation)")
-        ax_loss.plot(epochs, [r["train_loss"] for r in history], ls=":", color=line.get_color(),
-                     label=f"{name} (train)")
-        ax_acc.plot(epochs, [r["val_acc"] for r in history], color=line.get_color(), label=name)
-    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "validation accuracy")):
+        ax_loss.plot(epochs, [r["val_loss"] for r in history], color=color, label=name)
+        ax_loss.plot(epochs, [r["train_loss"] for r in history], ls=":", color=color)
+        ax_acc.plot(epochs, [r["val_acc"] for r in history], color=color)
+    for ax, label in ((ax_loss, "cross-entropy loss (solid: validation, dotted: train)"),
+                      (ax_acc, "validation accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    fig.legend(loc="outside lower center", ncols=columns, fontsize=8)
     fig.suptitle("Run comparison")
     _save(fig, path)

@@ -15,7 +15,7 @@ import numpy as np
 
 from cifar_mlp import UserError, plots
 from cifar_mlp.config import from_dict
-from cifar_mlp.model import MLP, describe, parameter_count
+from cifar_mlp.model import build_model, describe, parameter_count
 from cifar_mlp.train import read_history, saved_config
 
 # Thresholds of the automatic diagnosis (written into every report).
@@ -121,7 +121,7 @@ def build(run_dir: Path) -> list[tuple]:
     cfg, history, metrics, env = from_dict(run["config"]), run["history"], run["metrics"], run["environment"]
     splits = metrics["splits"]
     diag = diagnose(history, cfg.optim.schedule)
-    model = MLP(cfg.model)
+    model = build_model(cfg.model)
     train_seconds = sum(r["epoch_time_s"] for r in history)
     split = metrics["split"]
     blocks = [("h1", f"CIFAR-10 MLP report: {Path(run_dir).name}")]
@@ -202,6 +202,17 @@ def build(run_dir: Path) -> list[tuple]:
     return blocks
 
 
+def ensemble_gain(held_out: dict, name: str) -> str:
+    """What averaging an ensemble's members bought, in words ("" for a single network)."""
+    members = held_out.get("member_accuracy")
+    if not members:
+        return ""
+    return (f" It is an ensemble of {len(members)} networks trained independently, which alone classify "
+            f"{pct(min(members))} to {pct(max(members))} of the {name} images correctly: averaging their "
+            f"probabilities adds {100 * (held_out['accuracy'] - sum(members) / len(members)):.1f} points to their "
+            "mean.")
+
+
 def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
     """Answers to the seed's four questions, each resting on a measured figure."""
     blocks = [("h2", "Conclusions")]
@@ -219,7 +230,7 @@ def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
               f"(chance: 10%), and the right class is among its top two in {pct(held_out['top2_accuracy'])}. "
               f"Quality differs by class: F1 from {f1[worst]:.3f} ({worst}) to {f1[best]:.3f} ({best})."
               + (f" Its largest confusion is {pair['true']} predicted as {pair['predicted']} ({pair['count']} "
-                 "images)." if pair else "")),
+                 "images)." if pair else "") + ensemble_gain(held_out, name)),
     ]
     train = splits.get("train")
     gap = (f" On the evaluated splits, train accuracy is {pct(train['accuracy'])} against {pct(held_out['accuracy'])}"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cifar_mlp import UserError, checkpoint, environment
 from cifar_mlp.config import Config
 from cifar_mlp.data import CLASSES, Cifar10, augment, batch_indices, load_cifar10, make_splits, mix, resolve_device
-from cifar_mlp.model import MLP, fit_whitening, predict_logits
+from cifar_mlp.model import Ensemble, average_probabilities, build_model, fit_whitening, predict_logits
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
 
@@ -109,10 +109,16 @@ def make_ema(model, cfg: Config) -> AveragedModel | None:
 
 
 def forward_loss(model, loss_fn, x, target, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits (under bf16 autocast when asked) and the float32 loss against target."""
+    """The logits (under bf16 autocast when asked) and the float32 loss against target. An ensemble's loss is
+    the mean of its members' own losses, not the loss of its averaged prediction, so that each member learns as
+    it would alone (Adam's steps do not depend on the 1 / members scale of the gradients)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(x)
-    return logits, loss_fn(logits.float(), target)
+        if not isinstance(model, Ensemble):
+            logits = model(x)
+            return logits, loss_fn(logits.float(), target)
+        member_logits = model.member_logits(x).float()
+    loss = torch.stack([loss_fn(logits, target) for logits in member_logits]).mean()
+    return average_probabilities(member_logits), loss
 
 
 def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool) -> None:
@@ -198,9 +204,9 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     if resumed and resumed["split"]["fingerprint"] != splits.info["fingerprint"]:
         raise UserError(f"cannot resume {run_dir}: its checkpoint used a different train/validation split")
-    model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else MLP(cfg.model)).to(device)
+    model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else build_model(cfg.model)).to(device)
     if model.whitened and not resumed:
-        model.whiten_weight[:], model.whiten_bias[:] = fit_whitening(splits.train.images.flatten(1), cfg.model)
+        model.set_input_map(*fit_whitening(splits.train.images.flatten(1), cfg.model))
     ema = make_ema(model, cfg)
     if resumed and ("trained_model" in resumed) != (ema is not None):
         raise UserError(f"cannot resume {run_dir}: it was trained {'with' if ema is None else 'without'} an EMA of "
