@@ -215,4 +215,7 @@ def test_an_ensemble_run_records_each_members_accuracy(tiny_config, synthetic_ro
     test = make_splits(load_cifar10(synthetic_root, False), 5, 0, "cpu", ckpt["mean"], ckpt["std"]).test
     expected = [(predict_probs(m, test.images).argmax(1) == test.labels.numpy()).mean() for m in ensemble]
     assert metrics["splits"]["test"]["member_accuracy"] == pytest.approx(expected)
-    assert "It is an ensemble of 2 networks trained independently" in to_markdown(build(tmp_path / "run"))
+    report = to_markdown(build(tmp_path / "run"))
+    assert "It is an ensemble of 2 networks trained independently" in report
+    assert "an ensemble of 2 fully connected networks, each with" in report
+    assert "blocks.0.0: Linear" in report and "1.blocks" not in report  # the layers of one member, once

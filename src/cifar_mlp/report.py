@@ -15,7 +15,7 @@ import numpy as np
 
 from cifar_mlp import UserError, plots
 from cifar_mlp.config import from_dict
-from cifar_mlp.model import build_model, describe, parameter_count
+from cifar_mlp.model import MLP, build_model, describe, parameter_count
 from cifar_mlp.train import read_history, saved_config
 
 # Thresholds of the automatic diagnosis (written into every report).
@@ -94,6 +94,15 @@ def input_map(cfg) -> str:
             }[m.whitening]
 
 
+def model_sentence(model) -> str:
+    if isinstance(model, MLP):
+        return (f"Model: a fully connected network with {parameter_count(model):,} parameters; it outputs 10 "
+                "logits, softmax gives the probabilities, and training minimises the cross-entropy of the logits.")
+    return (f"Model: an ensemble of {len(model)} fully connected networks, each with {parameter_count(model[0]):,} "
+            "parameters and the layers below, trained side by side but independently: training minimises each "
+            "network's own cross-entropy, and the ensemble predicts the mean of their softmax probabilities.")
+
+
 def read_run(run_dir: Path) -> dict:
     """The files a report needs; a clear error if the run is unfinished or unevaluated."""
     run_dir = Path(run_dir)
@@ -134,9 +143,8 @@ def build(run_dir: Path) -> list[tuple]:
               "scaled to [0, 1], then normalised per channel with the train split's mean and std"
               + (f", then {input_map(cfg)}, fitted on the train split and fixed" if input_map(cfg) else "")
               + f"; augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
-        ("p", f"Model: a fully connected network with {parameter_count(model):,} parameters; it outputs 10 logits, "
-              "softmax gives the probabilities, and training minimises the cross-entropy of the logits."),
-        ("code", describe(model)),
+        ("p", model_sentence(model)),
+        ("code", describe(model if isinstance(model, MLP) else model[0])),
         table(["hyperparameter", "value"],
               [[f"{section}.{k}", v] for section, values in run["config"].items() for k, v in values.items()]),
         ("p", f"Hardware: {env['gpu'] or env['cpu']} ({env['device']}, {env['torch_threads']} threads), torch "
