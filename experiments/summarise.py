@@ -3,7 +3,8 @@
     python experiments/summarise.py runs/presets/*
 
 Each run directory needs history.csv and metrics.json (from `cifar-mlp run`). Runs are grouped by the name
-before the last "-s<seed>" suffix (e.g. fast-s0, fast-s1 -> fast).
+before the last "-s<seed>" suffix (e.g. fast-s0, fast-s1 -> fast), which experiments/presets.sh makes the preset's
+name, so each row ends with the `cifar-mlp run` command that trains one of its runs.
 """
 
 import json
@@ -27,8 +28,8 @@ def main(paths: list[str]) -> None:
     for path in map(Path, paths):
         if (path / "metrics.json").is_file():
             groups.setdefault(re.sub(r"-s\d+$", "", path.name), []).append(path)
-    print("| preset | seeds | validation acc % | test acc % | test acc % (flip TTA) | training s | machine |")
-    print("|---|---|---|---|---|---|---|")
+    print("| preset | seeds | validation acc % | test acc % | test acc % (flip TTA) | training s | machine | command |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in groups.items():
         metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
         tta = [json.loads((r / "tta" / "metrics.json").read_text())["splits"]["test"]["accuracy"]
@@ -36,9 +37,11 @@ def main(paths: list[str]) -> None:
         seconds = [sum(row["epoch_time_s"] for row in read_history(r / "history.csv")) for r in runs]
         env = json.loads((runs[0] / "environment.json").read_text())
         machine = env["gpu"] or f"{env['cpu']}, {env['torch_threads']} threads"
+        seeds = ", ".join(str(json.loads((r / "config.json").read_text())["train"]["seed"]) for r in runs)
+        command = f"`cifar-mlp run --config {name} --seed S --checkpoint last`, S = {seeds}"
         print(f"| {name} | {len(runs)} | {spread([m['splits']['validation']['accuracy'] for m in metrics])} | "
               f"{spread([m['splits']['test']['accuracy'] for m in metrics])} | "
-              f"{spread(tta) if tta else 'not measured'} | {spread(seconds, 1, 0)} | {machine} |")
+              f"{spread(tta) if tta else 'not measured'} | {spread(seconds, 1, 0)} | {machine} | {command} |")
 
 
 if __name__ == "__main__":

@@ -112,12 +112,13 @@ def forward_loss(model, loss_fn, x, target, bf16: bool) -> tuple[torch.Tensor, t
     """The logits (under bf16 autocast when asked) and the float32 loss against target. An ensemble's loss is
     the mean of its members' own losses, not the loss of its averaged prediction, so that each member learns as
     it would alone (Adam's steps do not depend on the 1 / members scale of the gradients)."""
+    ensemble = isinstance(model, Ensemble)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        if not isinstance(model, Ensemble):
-            logits = model(x)
-            return logits, loss_fn(logits.float(), target)
-        member_logits = model.member_logits(x).float()
-    loss = torch.stack([loss_fn(logits, target) for logits in member_logits]).mean()
+        logits = model.member_logits(x) if ensemble else model(x)
+    if not ensemble:
+        return logits, loss_fn(logits.float(), target)
+    member_logits = logits.float()
+    loss = torch.stack([loss_fn(one, target) for one in member_logits]).mean()
     return average_probabilities(member_logits), loss
 
 
