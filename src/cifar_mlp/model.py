@@ -81,7 +81,7 @@ class MLP(nn.Module):
 
 
 class Ensemble(nn.ModuleList):
-    """model.members MLPs side by side. Training gives each its own loss (train.member_losses), so they learn
+    """model.members MLPs side by side. Training gives each its own loss (train.forward_loss), so they learn
     independently, as separate runs would, differing by their initial weights and dropout masks; the ensemble's
     logits are the log of their mean probabilities, so its softmax is the averaged prediction."""
 
