@@ -215,6 +215,10 @@ def test_an_ensemble_run_records_each_members_accuracy(tiny_config, synthetic_ro
     test = make_splits(load_cifar10(synthetic_root, False), 5, 0, "cpu", ckpt["mean"], ckpt["std"]).test
     expected = [(predict_probs(m, test.images).argmax(1) == test.labels.numpy()).mean() for m in ensemble]
     assert metrics["splits"]["test"]["member_accuracy"] == pytest.approx(expected)
+    ensemble_probs = predict_probs(ensemble, test.images)  # the ensemble's own forward pass
+    assert metrics["splits"]["test"]["accuracy"] == (ensemble_probs.argmax(1) == test.labels.numpy()).mean()
+    written = np.loadtxt(tmp_path / "run" / "predictions_test.csv", delimiter=",", skiprows=1)[:, 4:]
+    np.testing.assert_allclose(written, ensemble_probs, atol=1e-5)
     report = to_markdown(build(tmp_path / "run"))
     assert "It is an ensemble of 2 networks trained independently" in report
     assert "an ensemble of 2 fully connected networks, each with" in report

@@ -177,13 +177,15 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
     classes = list(ckpt["classes"])
     results, predictions = {}, {}
     for split in splits:
-        y_true = split_data[split].labels.cpu().numpy()
-        probs = predict_probs(model, split_data[split].images, tta_flip)
+        y_true, images = split_data[split].labels.cpu().numpy(), split_data[split].images
+        # an ensemble's probabilities are its members' mean: computed from theirs, not by a second forward pass
+        members = list(model) if isinstance(model, Ensemble) else []
+        member_probs = [predict_probs(member, images, tta_flip) for member in members]
+        probs = np.mean(member_probs, 0) if member_probs else predict_probs(model, images, tta_flip)
         results[split], predictions[split] = split_metrics(y_true, probs, classes), (y_true, probs)
-        if isinstance(model, Ensemble):
-            results[split]["scalars"]["member_accuracy"] = [
-                (predict_probs(member, split_data[split].images, tta_flip).argmax(1) == y_true).mean().item()
-                for member in model]
+        if member_probs:
+            results[split]["scalars"]["member_accuracy"] = [(p.argmax(1) == y_true).mean().item()
+                                                            for p in member_probs]
         if split != "train":
             results[split]["scalars"]["robustness"] = robustness(model, split_data[split].images,
                                                                  split_data[split].labels)
