@@ -13,7 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from cifar_mlp.train import read_history
+from cifar_mlp.rundir import read_history
 
 
 def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
@@ -34,7 +34,7 @@ def main(paths: list[str]) -> None:
         metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
         tta = [json.loads((r / "tta" / "metrics.json").read_text())["splits"]["test"]["accuracy"]
                for r in runs if (r / "tta" / "metrics.json").is_file()]
-        seconds = [sum(row["epoch_time_s"] for row in read_history(r / "history.csv")) for r in runs]
+        seconds = [sum(row["epoch_time_s"] for row in read_history(r)) for r in runs]
         env = json.loads((runs[0] / "environment.json").read_text())
         machine = env["gpu"] or f"{env['cpu']}, {env['torch_threads']} threads"
         seeds = ", ".join(str(json.loads((r / "config.json").read_text())["train"]["seed"]) for r in runs)

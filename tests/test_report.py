@@ -9,7 +9,7 @@ import pytest
 from cifar_mlp import UserError, config
 from cifar_mlp.evaluate import evaluate_run
 from cifar_mlp.report import compare, diagnose, input_map, write_report
-from cifar_mlp.train import read_history
+from cifar_mlp.rundir import read_history
 
 
 def history(val_losses, train_losses=None):
@@ -74,7 +74,7 @@ def test_every_section_is_present(reported):
 
 def test_report_numbers_come_from_the_run_files(reported):
     run_dir, metrics, md, _ = reported
-    rows = read_history(run_dir / "history.csv")
+    rows = read_history(run_dir)
     for split, values in metrics["splits"].items():
         assert f"| {split} | {values['n']} | {values['accuracy']:.4f} | {values['top2_accuracy']:.4f} | " \
                f"{values['nll']:.4f} | {values['ece']:.4f} |" in md
@@ -119,7 +119,7 @@ def test_html_renders_in_a_real_browser(reported, tmp_path):
 
 def test_report_of_an_unevaluated_run(trained_run):
     run_dir, _ = trained_run
-    with pytest.raises(UserError, match="metrics.json is missing; run cifar-mlp evaluate"):
+    with pytest.raises(UserError, match="metrics.json is missing; write it with `cifar-mlp evaluate"):
         write_report(run_dir)
 
 

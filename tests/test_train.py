@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_mlp import UserError, checkpoint, train
+from cifar_mlp import UserError, checkpoint, rundir, train
 from cifar_mlp.config import ModelConfig
 from cifar_mlp.data import load_cifar10, make_splits
 from cifar_mlp.model import MLP, average_probabilities, build_model, predict_logits
-from cifar_mlp.train import lr_factor, read_history
+from cifar_mlp.rundir import read_history
+from cifar_mlp.train import lr_factor
 
 TIMING = ("epoch_time_s", "samples_per_s")
 
@@ -31,7 +32,7 @@ def test_training_lowers_the_loss_and_writes_the_run(tiny_config, synthetic_root
     for name in ("config.json", "environment.json", "history.csv", "loss_plot.png", "checkpoints/last.pt",
                  "checkpoints/best.pt"):
         assert (tmp_path / "run" / name).is_file(), name
-    assert without_timing(read_history(tmp_path / "run" / "history.csv")) == without_timing(history)
+    assert without_timing(read_history(tmp_path / "run")) == without_timing(history)
 
 
 def test_checkpoint_contents(tiny_config, synthetic_root, tmp_path):
@@ -68,7 +69,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_pat
     )
     full = run(cfg, tmp_path / "full", synthetic_root)
 
-    real_write = train.write_history
+    real_write = rundir.write_history
     calls = []
 
     def interrupt_after_two_epochs(rows, path):
@@ -77,10 +78,10 @@ def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_pat
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "write_history", interrupt_after_two_epochs)
+    monkeypatch.setattr(rundir, "write_history", interrupt_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "cut", synthetic_root)
-    monkeypatch.setattr(train, "write_history", real_write)
+    monkeypatch.setattr(rundir, "write_history", real_write)
     assert (tmp_path / "cut" / "loss_plot.png").is_file()
     resumed = run(cfg, tmp_path / "cut", synthetic_root, resume=True)
 
@@ -228,7 +229,7 @@ def test_train_cli_overrides_and_errors(synthetic_root, tmp_path, capsys):
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 3
     with pytest.raises(SystemExit):
         main([*args[:2], str(tmp_path / "r2"), "--set", "train.epochs=0"])
-    assert "train.epochs must be positive" in capsys.readouterr().err
+    assert "train.epochs must be a finite number in [1, 1,000,000], got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["pca", "project"])
@@ -263,7 +264,7 @@ def test_killing_a_run_leaves_a_resumable_checkpoint(synthetic_root, tmp_path):
     assert process.returncode == 130 and "--resume" in err and "Traceback" not in err
     epoch = checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"]
     assert 1 <= epoch < 400 and (run_dir / "loss_plot.png").is_file()
-    assert len(read_history(run_dir / "history.csv")) in (epoch - 1, epoch)  # the kill may fall between the two
+    assert len(read_history(run_dir)) in (epoch - 1, epoch)  # the kill may fall between the two
 
 
 def test_train_accuracy_under_mixup_counts_the_label_with_the_larger_share(tiny_config, synthetic_root, monkeypatch):

@@ -1,11 +1,12 @@
 """Checkpoints: written atomically, read as untrusted input (weights_only), checked against the architecture."""
 
+import io
 import os
 from pathlib import Path
 
 import torch
 
-from cifar_mlp import UserError
+from cifar_mlp import UserError, rundir
 from cifar_mlp.config import ModelConfig, from_dict
 from cifar_mlp.model import build_model as build_architecture
 
@@ -13,11 +14,11 @@ REQUIRED_KEYS = {"model", "config", "epoch", "mean", "std", "classes", "split"}
 
 
 def save_atomic(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill at any moment leaves a loadable file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Serialise in memory, then write atomically (rundir.write_bytes): a kill at any moment leaves a loadable
+    file, and a full disk a one-line error that states the size needed."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    rundir.write_bytes(path, buffer.getbuffer())
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -36,14 +36,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def resolve_config(args):
     """Preset or file (or, with --resume, the run's saved config), then the flag and --set overrides."""
     from cifar_mlp import config
-    from cifar_mlp.train import saved_config
+    from cifar_mlp.train import resume_config
 
     overrides = list(args.set)
     for flag, key in (("epochs", "train.epochs"), ("lr", "optim.lr"), ("batch_size", "train.batch_size"),
                       ("seed", "train.seed"), ("device", "train.device")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)!r}".replace("'", '"'))
-    raw = saved_config(Path(args.run_dir)) if args.resume else config.read_toml(args.config)
+    raw = resume_config(args.run_dir) if args.resume else config.read_toml(args.config)
     return config.apply_overrides(raw, overrides)
 
 
@@ -94,15 +94,20 @@ def cmd_evaluate(args) -> None:
 
 def cmd_run(args) -> None:
     """The main job: train, evaluate the best checkpoint on all three splits, write the report."""
-    from cifar_mlp.data import load_cifar10
+    from cifar_mlp import rundir
+    from cifar_mlp.data import load_cifar10, resolve_device
     from cifar_mlp.evaluate import evaluate_run
     from cifar_mlp.report import write_report
+    from cifar_mlp.train import check_memory
 
     cfg = resolve_config(args)
-    data = load_cifar10(args.data_dir, not args.no_download)
-    cmd_train_with(args, cfg, data)
-    evaluate_run(args.run_dir, args.checkpoint, device=cfg.train.device, tta_flip=args.tta == "flip", data=data)
-    md, page = write_report(args.run_dir)
+    with rundir.locked(args.run_dir):  # held from training to the report; the cheap checks before the data loads
+        rundir.prepare(Path(args.run_dir), args.resume, args.overwrite)
+        check_memory(cfg, resolve_device(cfg.train.device))
+        data = load_cifar10(args.data_dir, not args.no_download)
+        cmd_train_with(args, cfg, data)
+        evaluate_run(args.run_dir, args.checkpoint, device=cfg.train.device, tta_flip=args.tta == "flip", data=data)
+        md, page = write_report(args.run_dir)
     print(f"report: {md} and {page}")
 
 

@@ -1,6 +1,7 @@
 """The run configuration: dataclasses, TOML presets, command-line overrides, and all validation in one place."""
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -89,7 +90,10 @@ def _coerce(key: str, value, annotation):
             raise UserError(f"config: {key} must be a list, got {value!r}; e.g. --set {key}=[...]")
         return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UserError(f"config: {key} = {value} is too large for a float") from None
     if (annotation is int and isinstance(value, bool)) or not isinstance(value, annotation):
         raise UserError(f"config: {key} must be of type {annotation.__name__}, got {value!r}")
     return value
@@ -117,44 +121,55 @@ def from_dict(raw: dict) -> Config:
     return config
 
 
+# (low, high, low included, high included) of every numeric key; a list's bounds apply to each item.
+SEED_MAX = 2**32 - 1
+RANGES = {
+    "data.val_per_class": (1, 10**6, True, True),
+    "data.split_seed": (0, SEED_MAX, True, True),
+    "data.mix_alpha": (0, 1e6, False, True),
+    "model.widths": (1, 2**31 - 1, True, True),
+    "model.dropout": (0, 1, True, False),
+    "model.input_dropout": (0, 1, True, False),
+    "model.whitening_dims": (1, 3072, True, True),
+    "model.whitening_eps": (0, 1e6, False, True),
+    "model.members": (1, 1000, True, True),
+    "optim.lr": (0, 1e3, False, True),
+    "optim.weight_decay": (0, 1e3, True, True),
+    "optim.warmup_epochs": (0, 10**6, True, True),
+    "optim.label_smoothing": (0, 1, True, False),
+    "optim.grad_clip": (0, 1e12, True, True),
+    "optim.ema_decay": (0, 1, True, False),
+    "optim.sam_rho": (0, 1e3, True, True),
+    "train.epochs": (1, 10**6, True, True),
+    "train.batch_size": (1, 2**31 - 1, True, True),
+    "train.seed": (0, SEED_MAX, True, True),
+}
+
+
+def check_range(key: str, value, low, high, low_in: bool, high_in: bool) -> None:
+    """A one-line error for a value that is not finite or lies outside its range."""
+    inside = math.isfinite(value) and (low <= value if low_in else low < value) and (
+        value <= high if high_in else value < high)
+    if not inside:
+        interval = f"{'[' if low_in else '('}{low:,}, {high:,}{']' if high_in else ')'}"
+        raise UserError(f"config: {key} must be a finite number in {interval}, got {value!r}")
+
+
 def validate(c: Config) -> None:
-    """Value checks that types alone do not catch."""
-    positive = {
-        "train.epochs": c.train.epochs,
-        "train.batch_size": c.train.batch_size,
-        "optim.lr": c.optim.lr,
-        "data.val_per_class": c.data.val_per_class,
-        "model.members": c.model.members,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"config: {key} must be positive, got {value}")
-    non_negative = {
-        "optim.weight_decay": c.optim.weight_decay,
-        "optim.warmup_epochs": c.optim.warmup_epochs,
-        "optim.grad_clip": c.optim.grad_clip,
-        "optim.sam_rho": c.optim.sam_rho,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"config: {key} must be >= 0, got {value}")
-    for key, value in {"model.dropout": c.model.dropout, "model.input_dropout": c.model.input_dropout}.items():
-        if not 0 <= value < 1:
-            raise UserError(f"config: {key} must be in [0, 1), got {value}")
-    if not 0 <= c.optim.ema_decay < 1:
-        raise UserError(f"config: optim.ema_decay must be in [0, 1), got {c.optim.ema_decay}")
-    if c.data.mix_alpha <= 0:
-        raise UserError(f"config: data.mix_alpha must be positive, got {c.data.mix_alpha}")
-    if not 0 <= c.optim.label_smoothing < 1:
-        raise UserError(f"config: optim.label_smoothing must be in [0, 1), got {c.optim.label_smoothing}")
-    if not c.model.widths or any(w <= 0 for w in c.model.widths):
-        raise UserError(f"config: model.widths must be a non-empty list of positive ints, got {c.model.widths}")
-    if not 0 < c.model.whitening_dims <= 3072:
-        raise UserError(f"config: model.whitening_dims must be in 1..3072, got {c.model.whitening_dims}")
-    if c.model.whitening_eps <= 0:
-        raise UserError(f"config: model.whitening_eps must be positive, got {c.model.whitening_eps}")
+    """Value checks that types alone do not catch: every numeric value finite and in its range, then the
+    relations between keys and the named choices."""
+    for key, bounds in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(c, section), name)
+        for item in value if isinstance(value, list) else [value]:
+            check_range(key, item, *bounds)
+    if not c.model.widths:
+        raise UserError("config: model.widths must be a non-empty list of positive ints, e.g. [512, 256, 128]")
     if c.optim.warmup_epochs > c.train.epochs:
         raise UserError(f"config: optim.warmup_epochs ({c.optim.warmup_epochs}) exceeds train.epochs")
+    if c.train.batch_size == 1 and c.model.norm == "batch":
+        raise UserError("config: train.batch_size=1 cannot train BatchNorm, which needs at least 2 images per batch; "
+                        "use a batch size of 2 or more, or --set model.norm=layer")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(c, section), name)

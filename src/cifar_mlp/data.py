@@ -7,6 +7,7 @@ is held once as a tensor on the device, normalised once; training batches are dr
 import functools
 import hashlib
 import io
+import math
 import os
 import pickle
 import time
@@ -227,9 +228,19 @@ def make_splits(data: Cifar10, val_per_class: int, split_seed: int, device, mean
     )
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -> tuple[torch.Tensor, ...]:
-    """A seeded permutation of range(n), cut into batches (the last one may be smaller)."""
-    return torch.randperm(n, generator=generator).to(device).split(batch_size)
+def batch_count(n: int, batch_size: int) -> int:
+    """Batches per epoch: a last batch of a single image is folded into the one before it (BatchNorm cannot
+    normalise one sample), so no batch holds fewer than 2 images when n >= 2."""
+    return max(1, n // batch_size if n % batch_size == 1 else math.ceil(n / batch_size))
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
+    """A seeded permutation of range(n), cut into batch_count(n, batch_size) batches: the last may be smaller,
+    or one image larger (a lone remaining image joins it)."""
+    batches = list(torch.randperm(n, generator=generator).to(device).split(batch_size))
+    if len(batches) > batch_count(n, batch_size):
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
 
 
 @functools.cache

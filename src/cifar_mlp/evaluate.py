@@ -6,7 +6,6 @@ absent from the labels gets recall 0 and support 0 (scikit-learn's zero_division
 averages down, as they should. Run as `cifar-mlp evaluate DIR` or `python -m cifar_mlp.evaluate DIR`.
 """
 
-import csv
 import time
 from pathlib import Path
 
@@ -14,11 +13,11 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, log_loss, top_k_accuracy_score
 
-from cifar_mlp import UserError, checkpoint, plots
+from cifar_mlp import UserError, checkpoint, plots, rundir
 from cifar_mlp.config import from_dict
 from cifar_mlp.data import SPLIT_NAMES, Cifar10, load_cifar10, make_splits, resolve_device
 from cifar_mlp.model import Ensemble, predict_logits
-from cifar_mlp.train import saved_config, write_json
+from cifar_mlp.rundir import write_csv
 
 ECE_BINS = 15
 GALLERY_SIZE = 32
@@ -101,15 +100,6 @@ def report_rows(report: dict, classes) -> list[list]:
     return rows + [row("macro avg"), row("weighted avg")]
 
 
-def write_csv(path: Path, header, rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -164,49 +154,52 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
     unknown = set(splits) - set(SPLIT_NAMES)
     if unknown or not splits:
         raise UserError(f"--splits accepts a comma-separated subset of {','.join(SPLIT_NAMES)}, got {list(splits)}")
-    cfg = from_dict(saved_config(run_dir))
-    path = resolve_checkpoint(run_dir, which)
-    ckpt = checkpoint.load(path)
-    torch_device = resolve_device(device)
-    model = checkpoint.build_model(ckpt, path, cfg.model).to(torch_device)
-    data = data or load_cifar10(data_dir, allow_download)
-    split_data = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, torch_device, ckpt["mean"], ckpt["std"])
-    if split_data.info["fingerprint"] != ckpt["split"]["fingerprint"]:
-        raise UserError(f"the train/validation split rebuilt from {run_dir}/config.json differs from the one "
-                        f"{path} was trained on (fingerprint {ckpt['split']['fingerprint']}); use the same dataset")
-    classes = list(ckpt["classes"])
-    results, predictions = {}, {}
-    for split in splits:
-        y_true, images = split_data[split].labels.cpu().numpy(), split_data[split].images
-        # an ensemble's probabilities are its members' mean: computed from theirs, not by a second forward pass
-        members = list(model) if isinstance(model, Ensemble) else []
-        member_probs = [predict_probs(member, images, tta_flip) for member in members]
-        probs = np.mean(member_probs, 0) if member_probs else predict_probs(model, images, tta_flip)
-        results[split], predictions[split] = split_metrics(y_true, probs, classes), (y_true, probs)
-        if member_probs:
-            results[split]["scalars"]["member_accuracy"] = [(p.argmax(1) == y_true).mean().item()
-                                                            for p in member_probs]
-        if split != "train":
-            results[split]["scalars"]["robustness"] = robustness(model, split_data[split].images,
-                                                                 split_data[split].labels)
-
     out = Path(out) if out else run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    for split in splits:
-        write_split(out, split, results[split], *predictions[split], split_data[split].indices, classes)
-    if "test" in splits:
-        write_gallery(out, data, *predictions["test"], split_data.test.indices, classes)
-    summary = {
-        "checkpoint": str(path), "epoch": ckpt["epoch"], "tta_flip": tta_flip, "config": cfg.to_dict(),
-        "split": ckpt["split"], "classes": classes,
-        "splits": {s: {**r["scalars"], "confused_pairs": r["confused_pairs"],
-                       "per_class": {c: r["report"][c] for c in classes}} for s, r in results.items()},
-        "seconds": time.perf_counter() - start,
-    }
-    write_json(summary, out / "metrics.json")
-    if not quiet:
-        print(summary_table(summary))
-    return summary
+    with rundir.locked(out):  # not while a training process writes the same folder
+        cfg = from_dict(rundir.read_config(run_dir))
+        path = resolve_checkpoint(run_dir, which)
+        ckpt = checkpoint.load(path)
+        torch_device = resolve_device(device)
+        model = checkpoint.build_model(ckpt, path, cfg.model).to(torch_device)
+        data = data or load_cifar10(data_dir, allow_download)
+        split_data = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, torch_device, ckpt["mean"],
+                                 ckpt["std"])
+        if split_data.info["fingerprint"] != ckpt["split"]["fingerprint"]:
+            raise UserError(f"the train/validation split rebuilt from {run_dir}/config.json differs from the one "
+                            f"{path} was trained on (fingerprint {ckpt['split']['fingerprint']}); use the same "
+                            "dataset")
+        classes = list(ckpt["classes"])
+        results, predictions = {}, {}
+        for split in splits:
+            y_true, images = split_data[split].labels.cpu().numpy(), split_data[split].images
+            # an ensemble's probabilities are its members' mean: computed from theirs, not by a second forward
+            # pass
+            members = list(model) if isinstance(model, Ensemble) else []
+            member_probs = [predict_probs(member, images, tta_flip) for member in members]
+            probs = np.mean(member_probs, 0) if member_probs else predict_probs(model, images, tta_flip)
+            results[split], predictions[split] = split_metrics(y_true, probs, classes), (y_true, probs)
+            if member_probs:
+                results[split]["scalars"]["member_accuracy"] = [(p.argmax(1) == y_true).mean().item()
+                                                                for p in member_probs]
+            if split != "train":
+                results[split]["scalars"]["robustness"] = robustness(model, split_data[split].images,
+                                                                     split_data[split].labels)
+
+        for split in splits:
+            write_split(out, split, results[split], *predictions[split], split_data[split].indices, classes)
+        if "test" in splits:
+            write_gallery(out, data, *predictions["test"], split_data.test.indices, classes)
+        summary = {
+            "checkpoint": str(path), "epoch": ckpt["epoch"], "tta_flip": tta_flip, "config": cfg.to_dict(),
+            "split": ckpt["split"], "classes": classes,
+            "splits": {s: {**r["scalars"], "confused_pairs": r["confused_pairs"],
+                           "per_class": {c: r["report"][c] for c in classes}} for s, r in results.items()},
+            "seconds": time.perf_counter() - start,
+        }
+        rundir.write_json(summary, out / rundir.METRICS)
+        if not quiet:
+            print(summary_table(summary))
+        return summary
 
 
 def summary_table(summary: dict) -> str:

@@ -1,5 +1,6 @@
 """Every figure the project draws, each a function from plain data to a PNG file (no computation of metrics here)."""
 
+import io
 import itertools
 from pathlib import Path
 
@@ -9,15 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cifar_mlp import rundir  # noqa: E402
+
 DPI = 120
 
 
 def _save(fig, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
-    tmp.replace(path)
+    rundir.write_bytes(path, buffer.getbuffer())
 
 
 def plot_history(history: list[dict], path: Path, title: str = "Training history") -> None:

@@ -6,17 +6,15 @@ and environment.json (set-up). Where a question needs an experiment the run did 
 
 import base64
 import html
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cifar_mlp import UserError, plots
+from cifar_mlp import UserError, plots, rundir
 from cifar_mlp.config import from_dict
 from cifar_mlp.model import MLP, build_model, describe, parameter_count
-from cifar_mlp.train import read_history, saved_config
 
 # Thresholds of the automatic diagnosis (written into every report).
 TREND_FRACTION = 0.10  # the "end" of training: the last 10% of epochs (at least 3)
@@ -108,16 +106,8 @@ def read_run(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
-    needed = {"history.csv": "cifar-mlp train", "metrics.json": "cifar-mlp evaluate", "environment.json": "train"}
-    for name, command in needed.items():
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir}/{name} is missing; run {command} on {run_dir} first")
-    return {
-        "config": saved_config(run_dir),
-        "history": read_history(run_dir / "history.csv"),
-        "metrics": json.loads((run_dir / "metrics.json").read_text()),
-        "environment": json.loads((run_dir / "environment.json").read_text()),
-    }
+    return {"config": rundir.read_config(run_dir), "history": rundir.read_history(run_dir),
+            "metrics": rundir.read_metrics(run_dir), "environment": rundir.read_environment(run_dir)}
 
 
 def table(header, rows) -> tuple:
@@ -361,8 +351,8 @@ def write_report(run_dir) -> tuple[Path, Path]:
     if missing:
         raise UserError(f"{run_dir} lacks {', '.join(missing)}; rerun cifar-mlp evaluate {run_dir}")
     md, page = run_dir / "report.md", run_dir / "report.html"
-    md.write_text(to_markdown(blocks))
-    page.write_text(to_html(blocks, run_dir))
+    rundir.write_text(md, to_markdown(blocks))
+    rundir.write_text(page, to_html(blocks, run_dir))
     return md, page
 
 
@@ -370,12 +360,12 @@ def compare(run_dirs: list, out: Path) -> str:
     """A markdown table of the runs' key figures, and their loss curves overlaid in out/compare.png."""
     rows, histories = [], {}
     for d in map(Path, run_dirs):
-        if not (d / "history.csv").is_file():
-            raise UserError(f"{d}/history.csv is missing; give run directories written by cifar-mlp train")
-        history = read_history(d / "history.csv")
+        if not d.is_dir():
+            raise UserError(f"run directory {d} does not exist; give run directories written by cifar-mlp train")
+        history = rundir.read_history(d)
         name = d.name if d.name not in histories else str(d)
         histories[name] = history
-        metrics = json.loads((d / "metrics.json").read_text())["splits"] if (d / "metrics.json").is_file() else {}
+        metrics = rundir.read_metrics(d)["splits"] if (d / rundir.METRICS).is_file() else {}
         best = min(history, key=lambda r: r["val_loss"])
         test = metrics.get("test", {})
         rows.append([name, len(history), f"{sum(r['epoch_time_s'] for r in history):.0f}", best["epoch"],

@@ -1,12 +1,10 @@
 """The training loop: batches by indexing device tensors, one host sync per epoch, atomic checkpoints, exact resume.
 
-A run directory holds config.json, environment.json, history.csv, loss_plot.png and checkpoints/{last,best}.pt.
+It writes config.json, environment.json, history.csv, loss_plot.png and checkpoints/{last,best}.pt (rundir).
 """
 
-import csv
-import json
+import contextlib
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,12 +14,20 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from cifar_mlp import UserError, checkpoint, environment
-from cifar_mlp.config import Config
-from cifar_mlp.data import CLASSES, Cifar10, augment, batch_indices, load_cifar10, make_splits, mix, resolve_device
-from cifar_mlp.model import Ensemble, average_probabilities, build_model, fit_whitening, predict_logits
-
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
+from cifar_mlp import UserError, checkpoint, environment, rundir
+from cifar_mlp.config import Config, validate
+from cifar_mlp.data import (
+    CLASSES,
+    Cifar10,
+    augment,
+    batch_count,
+    batch_indices,
+    load_cifar10,
+    make_splits,
+    mix,
+    resolve_device,
+)
+from cifar_mlp.model import Ensemble, average_probabilities, build_model, fit_whitening, parameter_count, predict_logits
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -39,47 +45,23 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 1.0 - progress
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"cannot resume: {run_dir}/checkpoints/last.pt does not exist; start the run without "
-                            "--resume")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"run directory {run_dir} already exists; choose another --run-dir, continue it with "
-                            "--resume, or replace it with --overwrite")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def resume_config(run_dir) -> dict:
+    """The config a run was trained with, from its last checkpoint (which --resume continues), so that a damaged
+    config.json does not stop a resume: the resume writes it again."""
+    return checkpoint.load(rundir.last_checkpoint(run_dir))["config"]
 
 
-def write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def write_history(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-def read_history(path: Path) -> list[dict]:
-    with Path(path).open(newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def saved_config(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is missing or unreadable ({type(e).__name__}); is {run_dir} a cifar-mlp run "
-                        "directory?") from None
+def check_memory(cfg: Config, device: torch.device) -> None:
+    """A one-line error, before any data is loaded, for a model whose weights, gradients, AdamW moments (and
+    EMA copy) do not fit in the device's free memory. The model is built on the meta device: no memory."""
+    with torch.device("meta"):
+        params = parameter_count(build_model(cfg.model))
+    needed = params * 4 * (4 + bool(cfg.optim.ema_decay))
+    available = environment.available_memory(device)
+    if available is not None and needed > available:
+        raise UserError(f"the model has {params:,} parameters: training needs about {rundir.size_text(needed)} for "
+                        f"its weights, gradients and optimizer state, but {device} has {rundir.size_text(available)} "
+                        "free; use smaller model.widths (or fewer model.members)")
 
 
 def rng_state(shuffle: torch.Generator) -> dict:
@@ -151,11 +133,11 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     model.train()
     device = split.images.device
     n = len(split.labels)
-    steps_per_epoch = math.ceil(n / cfg.train.batch_size)
+    steps_per_epoch = batch_count(n, cfg.train.batch_size)
     total_steps, warmup_steps = cfg.train.epochs * steps_per_epoch, round(cfg.optim.warmup_epochs * steps_per_epoch)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    buffer = split.images.new_empty((min(n, cfg.train.batch_size), *split.images.shape[1:]))  # no page faults
+    buffer = split.images.new_empty((min(n, cfg.train.batch_size + 1), *split.images.shape[1:]))  # no page faults
     for i, idx in enumerate(batch_indices(n, cfg.train.batch_size, shuffle, device)):
         lr = cfg.optim.lr * lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps, cfg.optim.schedule)
         for group in optimizer.param_groups:
@@ -184,22 +166,30 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
 
 def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, data: Cifar10 | None = None) -> list[dict]:
-    """Train cfg into run_dir and return the history (one dict per epoch)."""
+    """Train cfg into run_dir and return the history (one dict per epoch); the run directory is held (locked)
+    throughout, so a second process on it is refused."""
+    validate(cfg)
+    with rundir.locked(run_dir):
+        return _train(cfg, Path(run_dir), data_dir, allow_download, resume, overwrite, quiet, data)
+
+
+def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: bool, overwrite: bool, quiet: bool,
+           data: Cifar10 | None) -> list[dict]:
     from cifar_mlp import plots
 
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume, overwrite)
+    rundir.prepare(run_dir, resume, overwrite)
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     resumed = checkpoint.load(last_path) if resume else None
     device = resolve_device(cfg.train.device)
+    check_memory(cfg, device)
     if cfg.train.bf16 and device.type == "cpu" and not environment.cpu_has_bf16():
         print("cifar-mlp: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so train.bf16 will be slower "
               "than float32; add --set train.bf16=false", file=sys.stderr)
     data = data or load_cifar10(data_dir, allow_download)
     splits = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, device)
-    write_json(cfg.to_dict(), run_dir / "config.json")
-    write_json({**environment.describe(device), "data_folder": str(data.folder), "split": splits.info},
-               run_dir / "environment.json")
+    rundir.write_json(cfg.to_dict(), run_dir / rundir.CONFIG)
+    rundir.write_json({**environment.describe(device), "data_folder": str(data.folder), "split": splits.info},
+                      run_dir / rundir.ENVIRONMENT)
 
     torch.manual_seed(cfg.train.seed)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
@@ -223,6 +213,8 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
         optimizer.load_state_dict(resumed["optimizer"])
         set_rng_state(resumed["rng"], shuffle)
         history, best_val_loss = resumed["history"], resumed["best_val_loss"]
+        if history:  # the checkpoint's history is the true one: rewrite a damaged or missing history.csv
+            rundir.write_history(history, run_dir / rundir.HISTORY)
 
     n = len(splits.train.labels)
     show_bar = not quiet and sys.stderr.isatty()
@@ -256,7 +248,7 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
             checkpoint.save_atomic(state, last_path)
             if is_best:
                 checkpoint.save_atomic(state, best_path)
-            write_history(history, run_dir / "history.csv")
+            rundir.write_history(history, run_dir / rundir.HISTORY)
             line = (f"epoch {epoch}/{cfg.train.epochs} train_loss {train_loss:.4f} acc {row['train_acc']:.4f} "
                     f"val_loss {val_loss:.4f} acc {val_acc:.4f} ({seconds:.1f}s, {row['samples_per_s']:.0f}/s)")
             if show_bar:
@@ -264,8 +256,13 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
                 bar.update()
             else:
                 print(line, flush=True)
-    finally:
+    except BaseException:  # interrupted, diverged or out of disk: still plot what was trained, if the disk allows
         bar.close()
         if history:
-            plots.plot_history(history, run_dir / "loss_plot.png")
+            with contextlib.suppress(UserError):
+                plots.plot_history(history, run_dir / "loss_plot.png")
+        raise
+    bar.close()
+    if history:
+        plots.plot_history(history, run_dir / "loss_plot.png")
     return history
