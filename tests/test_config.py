@@ -70,8 +70,8 @@ def test_bad_preset_name_and_bad_toml(tmp_path):
 
 
 def test_parse_override_syntax():
-    assert parse_override("model.widths=[1,2]") == (["model", "widths"], [1, 2])
-    assert parse_override("train.device=cuda") == (["train", "device"], "cuda")
+    assert parse_override("model.widths=[1,2]") == (("model", "widths"), [1, 2])
+    assert parse_override("train.device=cuda") == (("train", "device"), "cuda")
     with pytest.raises(UserError, match="section.key=value"):
         parse_override("epochs=3")
 

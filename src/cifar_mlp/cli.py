@@ -146,6 +146,27 @@ def cmd_predict(args) -> None:
         sys.exit(1)
 
 
+def cmd_sweep(args) -> None:
+    from cifar_mlp.sweep import sweep
+
+    try:
+        summary = sweep(args.spec, args.study_dir, args.storage, args.workers, args.n_trials, args.data_dir,
+                        args.device, not args.no_download, args.quiet)
+    except KeyboardInterrupt:
+        print("cifar-mlp: interrupted; rerun the same command to finish the study (completed trials are kept, "
+              "interrupted ones resume from their last epoch)", file=sys.stderr)
+        sys.exit(130)
+    print(summary.read_text())
+    print(f"summary: {summary} and {summary.with_suffix('.html')}; trials: {summary.parent / 'trials.csv'}")
+
+
+def cmd_sweep_report(args) -> None:
+    from cifar_mlp.sweep_report import rebuild
+
+    summary = rebuild(args.study_dir, args.storage)
+    print(f"summary: {summary} and {summary.with_suffix('.html')}; trials: {summary.parent / 'trials.csv'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifar-mlp", description="Fully connected image classifiers for CIFAR-10.")
     parser.add_argument("--version", action="version", version=f"cifar-mlp {__version__}")
@@ -189,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sweep", help="run a study of many runs on Optuna (grid, tpe or random), resumable")
+    p.add_argument("spec", help="the study's TOML spec (see studies/)")
+    p.add_argument("--study-dir", required=True, help="folder for the runs, the embedded storage and the summary")
+    p.add_argument("--storage", help="a database URL shared by workers on many machines, e.g. "
+                                     "postgresql://user:password@host/db (default: a journal file in --study-dir)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, sharing its cores")
+    p.add_argument("--n-trials", type=int, help="points to sample (tpe, random), overriding the spec's n_trials")
+    p.add_argument("--quiet", action="store_true", help="one line per trial, none per epoch")
+    add_data_args(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sweep-report", help="rebuild a sweep's trials.csv and summary from its storage")
+    p.add_argument("study_dir")
+    p.add_argument("--storage", help="the database URL, for a study that is not in the folder's journal file")
+    p.set_defaults(func=cmd_sweep_report)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The run configuration: dataclasses, TOML presets, command-line overrides, and all validation in one place."""
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -200,7 +201,7 @@ def read_toml(name_or_path: str) -> dict:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def parse_override(assignment: str) -> tuple[list[str], object]:
+def parse_override(assignment: str) -> tuple[tuple[str, str], object]:
     """`section.key=value`, the value in TOML syntax; a bare word is taken as a string."""
     key, sep, text = assignment.partition("=")
     parts = key.strip().split(".")
@@ -210,7 +211,7 @@ def parse_override(assignment: str) -> tuple[list[str], object]:
         value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = text.strip()
-    return parts, value
+    return tuple(parts), value
 
 
 def load(name_or_path: str, overrides: list[str] = ()) -> Config:
@@ -219,8 +220,14 @@ def load(name_or_path: str, overrides: list[str] = ()) -> Config:
 
 def apply_overrides(raw: dict, overrides: list[str] = ()) -> Config:
     """Raw config tables (from a preset, a file, or a run's config.json) with `section.key=value` applied."""
-    for assignment in overrides:
-        (section, key), value = parse_override(assignment)
+    return with_values(raw, dict(parse_override(assignment) for assignment in overrides))
+
+
+def with_values(raw: dict, values: dict) -> Config:
+    """Raw config tables with values set by key ("section.key" strings, or (section, key) pairs), validated."""
+    raw = copy.deepcopy(raw)
+    for name, value in values.items():
+        section, key = name.split(".", 1) if isinstance(name, str) else name
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise UserError(f"config: [{section}] must be a table of keys")

@@ -137,3 +137,27 @@ def plot_compare(histories: dict[str, list[dict]], path: Path) -> None:
     fig.legend(loc="outside lower center", ncols=columns, fontsize=8)
     fig.suptitle("Run comparison")
     _save(fig, path)
+
+
+def plot_effects(effects: dict[str, list[tuple[str, float, float, int]]], objective: str, path: Path) -> None:
+    """One panel per swept key: the objective's mean over trials at each value, with ± one standard deviation
+    (over seeds and the other keys' values) as error bars."""
+    fig, axes = plt.subplots(1, len(effects), figsize=(4.2 * len(effects), 3.8), layout="constrained",
+                             squeeze=False)
+    for ax, (key, rows) in zip(axes[0], effects.items(), strict=True):
+        labels, means, stds, _ = zip(*rows, strict=True)
+        ax.errorbar(range(len(rows)), means, yerr=[0 if np.isnan(s) else s for s in stds], fmt="o-", capsize=4)
+        ax.set_xticks(range(len(rows)), labels, rotation=30 if max(map(len, labels)) > 8 else 0, ha="right"
+                      if max(map(len, labels)) > 8 else "center", fontsize=8)
+        ax.set_title(key)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Effect of each swept key on {objective} (mean ± std)")
+    _save(fig, path)
+
+
+def save_axes(ax, path: Path) -> None:
+    """Save the figure of a matplotlib Axes that another library drew (Optuna's visualisations)."""
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    fig.set_size_inches(8, 4.5)
+    _save(fig, path)

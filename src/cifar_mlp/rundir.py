@@ -157,6 +157,10 @@ def read_history(run_dir) -> list[dict]:
 _held: dict[Path, int] = {}
 
 
+class Busy(UserError):
+    """The run directory is held by another process."""
+
+
 @contextlib.contextmanager
 def locked(run_dir):
     """Hold the run directory for this process: another process that asks for it gets a one-line error naming
@@ -176,7 +180,7 @@ def locked(run_dir):
     except BlockingIOError:
         holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise UserError(f"run directory {run_dir} is in use by {holder}; wait for it to finish, or choose another "
+        raise Busy(f"run directory {run_dir} is in use by {holder}; wait for it to finish, or choose another "
                         "run directory") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)})\n".encode(), 0)

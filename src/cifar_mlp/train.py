@@ -7,6 +7,7 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -165,16 +166,18 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
 
 
 def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resume: bool = False,
-          overwrite: bool = False, quiet: bool = False, data: Cifar10 | None = None) -> list[dict]:
+          overwrite: bool = False, quiet: bool = False, data: Cifar10 | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train cfg into run_dir and return the history (one dict per epoch); the run directory is held (locked)
-    throughout, so a second process on it is refused."""
+    throughout, so a second process on it is refused. on_epoch(row) is called after each epoch's files are
+    written (the sweep reports to its pruner there; an exception it raises stops the run as an interrupt does)."""
     validate(cfg)
     with rundir.locked(run_dir):
-        return _train(cfg, Path(run_dir), data_dir, allow_download, resume, overwrite, quiet, data)
+        return _train(cfg, Path(run_dir), data_dir, allow_download, resume, overwrite, quiet, data, on_epoch)
 
 
 def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: bool, overwrite: bool, quiet: bool,
-           data: Cifar10 | None) -> list[dict]:
+           data: Cifar10 | None, on_epoch) -> list[dict]:
     from cifar_mlp import plots
 
     rundir.prepare(run_dir, resume, overwrite)
@@ -256,6 +259,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
                 bar.update()
             else:
                 print(line, flush=True)
+            if on_epoch:
+                on_epoch(row)
     except BaseException:  # interrupted, diverged or out of disk: still plot what was trained, if the disk allows
         bar.close()
         if history:

@@ -1,0 +1,267 @@
+"""The sweep engine on synthetic data: grids, seeds, reruns, workers, SIGKILL, pruning, tpe, bad specs, and a
+real PostgreSQL when CIFAR_MLP_POSTGRES_URL names one (.ci/run starts it; REQUIRE_POSTGRES=1 makes it required)."""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+
+from cifar_mlp import UserError, checkpoint, config, rundir, sweep, sweep_report
+from cifar_mlp.train import train
+
+TINY = """
+[study]
+name = "{name}"
+base = "seed"
+seeds = [0, 1]
+{study}
+[fixed]
+"train.epochs" = {epochs}
+"train.batch_size" = 64
+"optim.lr" = 3e-3
+"data.val_per_class" = 5
+"train.device" = "cpu"
+[space]
+{space}
+"""
+GRID = '"model.widths" = [[32], [16, 16]]\n"optim.weight_decay" = [0.0, 0.1]'
+
+
+def write_spec(tmp_path, name="g", space=GRID, study="", epochs=2) -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(name=name, space=space, study=study, epochs=epochs))
+    return str(path)
+
+
+def study_of(study_dir, name="g", url=None):
+    return optuna.load_study(study_name=name, storage=sweep.open_storage(url, study_dir, 10))
+
+
+def trials_csv(study_dir) -> list[dict]:
+    with (study_dir / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def completed_runs(study) -> list[str]:
+    return [t.user_attrs["run"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_a_grid_runs_every_point_once_per_seed_and_a_rerun_trains_nothing(synthetic_root, tmp_path, monkeypatch):
+    spec, study_dir = write_spec(tmp_path), tmp_path / "study"
+    summary = sweep.sweep(spec, study_dir, data_dir=synthetic_root, allow_download=False, quiet=True)
+    rows = trials_csv(study_dir)
+    assert len(rows) == 8 and {r["state"] for r in rows} == {"COMPLETE"}
+    assert len({(r["model.widths"], r["optim.weight_decay"], r["seed"]) for r in rows}) == 8
+    assert list(rows[0])[:5] == ["number", "state", "model.widths", "optim.weight_decay", "seed"]
+    for r in rows:  # each trial is an ordinary, evaluated and reported run directory
+        run_dir = tmp_path / "study" / "runs" / r["run_dir"].rsplit("/", 1)[1]
+        metrics = rundir.read_metrics(run_dir)
+        assert float(r["test_acc"]) == metrics["splits"]["test"]["accuracy"]
+        assert (run_dir / "report.md").is_file()
+        assert rundir.read_config(run_dir)["train"]["seed"] == int(r["seed"])
+        best = min(rundir.read_history(run_dir), key=lambda row: row["val_loss"])
+        assert float(r["objective"]) == float(r["val_acc"]) == best["val_acc"]
+    text = summary.read_text()
+    assert "| 1 | p00" in text and "effects.png" in text and (study_dir / "summary.html").stat().st_size > 10_000
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished study trained again")
+
+    monkeypatch.setattr("cifar_mlp.train.train", no_training)
+    sweep.sweep(spec, study_dir, data_dir=synthetic_root, allow_download=False, quiet=True)
+    assert len(study_of(study_dir).trials) == 8
+    (study_dir / "summary.md").unlink()
+    sweep_report.rebuild(study_dir)
+    assert (study_dir / "summary.md").read_text() == text
+
+
+def test_two_workers_split_a_grid(synthetic_root, tmp_path):
+    spec, study_dir = write_spec(tmp_path), tmp_path / "study"
+    done = subprocess.run([sys.executable, "-m", "cifar_mlp.cli", "sweep", spec, "--study-dir", str(study_dir),
+                           "--workers", "2", "--data-dir", str(synthetic_root), "--no-download", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    study = study_of(study_dir)
+    runs = completed_runs(study)
+    assert sorted(runs) == sorted(f"p{i:03d}-s{s}" for i in range(4) for s in (0, 1))
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+
+
+KILL_AT_EPOCH = """
+import os, signal, sys
+from cifar_mlp import cli, train
+nth, argv, calls = int(sys.argv[1]), sys.argv[2:], []
+real_epoch = train.train_epoch
+def epoch_then_kill(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_epoch(*args, **kwargs)
+train.train_epoch = epoch_then_kill
+cli.main(argv)
+"""
+
+
+def test_a_worker_killed_mid_trial_then_a_rerun_finishes_and_resumes_exactly(synthetic_root, tmp_path):
+    spec, study_dir = write_spec(tmp_path, epochs=3), tmp_path / "study"
+    args = ["sweep", spec, "--study-dir", str(study_dir), "--data-dir", str(synthetic_root), "--no-download", "--quiet"]
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_EPOCH, "5", *args], capture_output=True, text=True,
+                            timeout=300)  # epoch 5 of the sweep: the second trial's second epoch
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    interrupted = study_dir / "runs" / "p000-s1"
+    assert checkpoint.load(interrupted / "checkpoints" / "last.pt")["epoch"] == 1
+    sweep.sweep(spec, study_dir, data_dir=synthetic_root, allow_download=False, quiet=True)
+    study = study_of(study_dir)
+    assert sorted(completed_runs(study)) == sorted(f"p{i:03d}-s{s}" for i in range(4) for s in (0, 1))
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs["run"] for t in failed] == ["p000-s1"]
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number)
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert "retry of trial 1" in [r for r in trials_csv(study_dir) if r["number"] == str(retry.number)][0]["note"]
+    cfg = config.from_dict(rundir.read_config(interrupted))
+    train(cfg, tmp_path / "uninterrupted", synthetic_root, allow_download=False, quiet=True)
+    a = checkpoint.load(tmp_path / "uninterrupted" / "checkpoints" / "last.pt")["model"]
+    b = checkpoint.load(interrupted / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pruned_trials_keep_their_run_directories(synthetic_root, tmp_path):
+    spec = write_spec(tmp_path, space='"optim.lr" = [3e-3, 1e-7]', epochs=4,
+                      study='pruner = "median"\npruner_startup_trials = 2')
+    study_dir = tmp_path / "study"
+    sweep.sweep(spec, study_dir, data_dir=synthetic_root, allow_download=False, quiet=True)
+    states = {t.user_attrs["run"]: t.state.name for t in study_of(study_dir).trials}
+    assert states == {"p000-s0": "COMPLETE", "p000-s1": "COMPLETE", "p001-s0": "PRUNED", "p001-s1": "PRUNED"}
+    assert len(rundir.read_history(study_dir / "runs" / "p001-s0")) < 4
+    assert "were pruned" in (study_dir / "summary.md").read_text()
+
+
+def test_tpe_samples_ranges_and_trains_each_point_once_per_seed(synthetic_root, tmp_path):
+    space = '"optim.lr" = {low = 1e-4, high = 1e-2, log = true}\n"model.widths" = [[16], [32]]'
+    spec = write_spec(tmp_path, name="t", space=space, study='sampler = "tpe"\nn_trials = 3')
+    study_dir = tmp_path / "study"
+    sweep.sweep(spec, study_dir, data_dir=synthetic_root, allow_download=False, quiet=True)
+    trials = study_of(study_dir, "t").trials
+    assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    points = {}
+    for t in trials:
+        points.setdefault((t.params["optim.lr"], t.params["model.widths"]), set()).add(t.user_attrs["seed"])
+    assert len(points) == 3 and all(seeds == {0, 1} for seeds in points.values())
+    assert (study_dir / "optimization_history.png").is_file()
+    sweep.sweep(spec, study_dir, n_trials=4, data_dir=synthetic_root, allow_download=False, quiet=True)
+    assert len(study_of(study_dir, "t").trials) == 8  # a larger budget adds a point to the same study
+
+
+@pytest.mark.parametrize(("space", "study", "message"), [
+    ('"model.widthz" = [[32]]', "", "unknown key model.widthz"),
+    ('"optim.lr" = [1e-3, -1.0]', "", "optim.lr must be a finite number"),
+    ("", "", "the space is empty"),
+    ('"optim.lr" = []', "", "empty list of values"),
+    ('"optim.lr" = {low = 1e-3, high = 1e-2}', "", "a grid needs a list of values"),
+    ('"optim.lr" = [1e-3]', 'sampler = "bayes"', "study.sampler must be one of grid, tpe, random"),
+    ('"optim.lr" = [1e-3]', "colour = 1", "unknown key study.colour"),
+])
+def test_bad_specs_are_one_line_errors_before_training(tmp_path, space, study, message):
+    spec = write_spec(tmp_path, space=space, study=study)
+    with pytest.raises(UserError, match=message) as info:
+        sweep.sweep(spec, tmp_path / "study", data_dir=tmp_path / "no-data")
+    assert "\n" not in str(info.value) and not (tmp_path / "study" / "runs").exists()
+
+
+def test_missing_spec_unreachable_storage_and_a_changed_space(synthetic_root, tmp_path):
+    with pytest.raises(UserError, match="sweep spec .* not found"):
+        sweep.sweep(tmp_path / "nothing.toml", tmp_path / "study")
+    spec = write_spec(tmp_path, space='"optim.lr" = [1e-3]')
+    with pytest.raises(UserError, match="cannot open the storage postgresql://me:\\*\\*\\*@127.0.0.1:9/x") as info:
+        sweep.sweep(spec, tmp_path / "study", "postgresql://me:secret@127.0.0.1:9/x")
+    assert "secret" not in str(info.value) and "\n" not in str(info.value)
+    sweep.open_study(sweep.load_spec(spec), sweep.open_storage(None, tmp_path / "study", 10))
+    other = write_spec(tmp_path, space='"optim.lr" = [1e-3, 2e-3]')
+    with pytest.raises(UserError, match="already exists in this storage with another space"):
+        sweep.sweep(other, tmp_path / "study", data_dir=synthetic_root)
+
+
+@pytest.fixture
+def postgres_url():
+    url = os.environ.get("CIFAR_MLP_POSTGRES_URL")
+    if not url:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("REQUIRE_POSTGRES is set but CIFAR_MLP_POSTGRES_URL is not")
+        pytest.skip("set CIFAR_MLP_POSTGRES_URL to a PostgreSQL database to run this test")
+    return url
+
+
+def other_machine() -> list[str]:
+    """A command prefix that runs a process under another host name (a UTS namespace), where allowed: the
+    surviving worker then cannot see the killed one as its own and must rely on the database's heartbeats."""
+    probe = subprocess.run(["unshare", "--uts", "sh", "-c", "hostname other-machine && hostname"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe and probe.returncode == 0 and probe.stdout.strip() == "other-machine":
+        return ["unshare", "--uts", "sh", "-c", 'hostname other-machine && exec "$@"', "sh"]
+    return []
+
+
+def test_postgres_workers_fail_and_retry_a_killed_workers_trial(synthetic_root, tmp_path, postgres_url):
+    name = f"pg{os.getpid()}{time.time_ns()}"
+    spec = write_spec(tmp_path, name=name, epochs=60, study="heartbeat_seconds = 1")
+    study_dir = tmp_path / "study"  # shared by both workers, as a network folder would be
+
+    def worker(prefix=()):
+        return subprocess.Popen([*prefix, sys.executable, "-m", "cifar_mlp.cli", "sweep", spec, "--study-dir",
+                                 str(study_dir), "--storage", postgres_url, "--data-dir", str(synthetic_root),
+                                 "--no-download", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    victim = worker(other_machine())
+    storage = sweep.open_storage(postgres_url, study_dir, 1)
+    deadline = time.time() + 120
+    while True:
+        assert time.time() < deadline and victim.poll() is None, victim.stderr.read() if victim.poll() else "timeout"
+        study = optuna.load_study(study_name=name, storage=storage) if name in optuna.get_all_study_names(
+            storage) else None
+        running = [t for t in study.trials if t.state.name == "RUNNING"] if study else []
+        if running and (study_dir / "runs" / running[0].user_attrs["run"] / "checkpoints" / "last.pt").exists():
+            break
+        time.sleep(0.1)
+    survivor = worker()
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    out, err = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, err
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    killed = next(t for t in trials if t.number == running[0].number)
+    assert killed.state.name == "FAIL"
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed.number)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["run"] == killed.user_attrs["run"]
+    assert sorted(t.user_attrs["run"] for t in trials if t.state.name == "COMPLETE") == sorted(
+        f"p{i:03d}-s{s}" for i in range(4) for s in (0, 1))
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_the_trial_to_resume(synthetic_root, tmp_path):
+    spec, study_dir = write_spec(tmp_path, epochs=200), tmp_path / "study"
+    sweeping = subprocess.Popen([sys.executable, "-m", "cifar_mlp.cli", "sweep", spec, "--study-dir", str(study_dir),
+                                 "--data-dir", str(synthetic_root), "--no-download", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (study_dir / "runs" / "p000-s0" / "checkpoints" / "last.pt").exists():
+        assert time.time() < deadline and sweeping.poll() is None
+        time.sleep(0.05)
+    sweeping.send_signal(signal.SIGINT)
+    _, err = sweeping.communicate(timeout=60)
+    assert sweeping.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("cifar-mlp: interrupted; rerun the same command")
+    epochs = checkpoint.load(study_dir / "runs" / "p000-s0" / "checkpoints" / "last.pt")["epoch"]
+    assert 1 <= epochs < 200
+    study = study_of(study_dir)
+    assert [t.state.name for t in study.trials if t.user_attrs.get("run") == "p000-s0"] == ["FAIL"]
+    sweep.recover(study, sweep.open_storage(None, study_dir, 10))  # what a rerun does first
+    retry = [t for t in study_of(study_dir).trials if t.user_attrs.get("run") == "p000-s0"][-1]
+    assert retry.state.name == "WAITING" and retry.system_attrs["failed_trial"] == 0
