@@ -11,7 +11,7 @@ RUN_ARGS ?=
 $(BIN)/cifar-mlp: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cifar-mlp needs Python 3.11 or newer; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[dev,postgres]"
+	$(BIN)/pip install --quiet -e ".[dev,postgres,onnx,tensorboard]"
 	@touch $@
 
 setup: $(BIN)/cifar-mlp

@@ -89,10 +89,14 @@ def test_report_numbers_come_from_the_run_files(reported):
 
 def test_html_embeds_all_images(reported):
     run_dir, _, md, page = reported
-    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == md.count("![")
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
-    assert "src='" + "loss_plot.png" not in page
+    assert 'src="loss_plot.png"' not in page
+    # Python-Markdown renders the report's markdown: tables, bold and code spans, nothing left as raw syntax
+    assert page.count("<table>") == md.count("\n|---")
+    assert "<strong>How does the model solve the problem?</strong>" in page
+    assert "**" not in page and "<code>" in page
 
 
 def test_html_renders_in_a_real_browser(reported, tmp_path):

@@ -146,6 +146,12 @@ def cmd_predict(args) -> None:
         sys.exit(1)
 
 
+def cmd_export(args) -> None:
+    from cifar_mlp.export import export_onnx
+
+    print(f"exported: {export_onnx(args.source, args.out)}")
+
+
 def cmd_sweep(args) -> None:
     from cifar_mlp.sweep import sweep
 
@@ -205,11 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files or folders with a trained model")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory (uses its best.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint file, a run directory (uses its best.pt) or an ONNX file from cifar-mlp export")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a trained model as an ONNX file (uint8 images in, probabilities out)")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run directory (its best.pt) or a checkpoint file")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="run a study of many runs on Optuna (grid, tpe or random), resumable")
     p.add_argument("spec", help="the study's TOML spec (see studies/)")

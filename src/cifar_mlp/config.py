@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = False  # bf16 autocast of the forward and backward matmuls (CPUs with AVX512-BF16 or AMX, GPUs)
+    tensorboard: bool = False  # also log to TensorBoard event files under RUN/tensorboard
 
 
 @dataclass

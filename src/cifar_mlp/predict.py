@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cifar_mlp import UserError, checkpoint
-from cifar_mlp.data import normalise, resolve_device
-from cifar_mlp.model import predict_logits
+from cifar_mlp import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MAX_PIXELS = 64_000_000  # larger images are refused as possible decompression bombs
@@ -96,21 +93,65 @@ class Prediction:
 
 
 class Classifier:
-    """A trained model with its preprocessing: `Classifier.from_checkpoint(path).predict(images)`."""
+    """A trained model with its preprocessing: `Classifier.from_checkpoint(path).predict(images)`.
 
-    def __init__(self, model, mean, std, classes, device="cpu", batch_size: int = 1024):
-        self.model, self.mean, self.std = model.to(device).eval(), list(mean), list(std)
-        self.classes, self.device, self.batch_size = list(classes), torch.device(device), batch_size
+    `probabilities` maps a batch of uint8 images (N x 3 x 32 x 32) to their N x 10 softmax probabilities: a
+    PyTorch model with the checkpoint's normalisation, or an ONNX Runtime session whose graph holds it (then
+    torch is not imported at all)."""
+
+    def __init__(self, probabilities, classes, batch_size: int = 1024):
+        self.probabilities, self.classes, self.batch_size = probabilities, list(classes), batch_size
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> "Classifier":
-        """A checkpoint file, or a run directory (its checkpoints/best.pt)."""
+        """A checkpoint file, a run directory (its checkpoints/best.pt), or an ONNX file (`cifar-mlp export`)."""
         path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            return cls.from_onnx(path)
+        return cls.from_torch_checkpoint(path, device)
+
+    @classmethod
+    def from_torch_checkpoint(cls, path: Path, device: str = "cpu") -> "Classifier":
+        import torch
+
+        from cifar_mlp import checkpoint
+        from cifar_mlp.data import normalise, resolve_device
+        from cifar_mlp.model import predict_logits
+
         if path.is_dir():
             path = path / "checkpoints" / "best.pt"
         ckpt = checkpoint.load(path)
-        return cls(checkpoint.build_model(ckpt, path), ckpt["mean"], ckpt["std"], ckpt["classes"],
-                   resolve_device(device))
+        device = resolve_device(device)
+        model = checkpoint.build_model(ckpt, path).to(device).eval()
+
+        def probabilities(batch: np.ndarray) -> np.ndarray:
+            x = normalise(torch.from_numpy(batch), ckpt["mean"], ckpt["std"], device)
+            return predict_logits(model, x).double().softmax(1).cpu().numpy()
+
+        return cls(probabilities, ckpt["classes"])
+
+    @classmethod
+    def from_onnx(cls, path: Path) -> "Classifier":
+        """An ONNX file written by `cifar-mlp export`, run by ONNX Runtime on the CPU."""
+        import json
+
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("predicting from an ONNX file needs ONNX Runtime: pip install 'cifar-mlp[onnx]'") from None
+        if not path.is_file():
+            raise UserError(f"ONNX file {path} not found; write one with cifar-mlp export RUN --out {path}")
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable or foreign files
+            raise UserError(f"{path} is not an ONNX model written by cifar-mlp export ({type(e).__name__}); "
+                            "export it again with cifar-mlp export") from None
+
+        def probabilities(batch: np.ndarray) -> np.ndarray:
+            return session.run(["probabilities"], {"images": np.ascontiguousarray(batch)})[0].astype(np.float64)
+
+        return cls(probabilities, classes)
 
     def predict(self, images) -> Prediction:
         """Classify a list of images (paths, PIL images or arrays) in batches."""
@@ -119,8 +160,8 @@ class Classifier:
     def predict_pixels(self, pixels: list[np.ndarray]) -> Prediction:
         """Classify preprocessed uint8 images (3 x 32 x 32 each)."""
         batch = np.stack(pixels) if len(pixels) else np.zeros((0, 3, SIZE, SIZE), np.uint8)
-        x = normalise(batch, self.mean, self.std, self.device)
-        probs = predict_logits(self.model, x, self.batch_size).double().softmax(1).cpu().numpy()
+        probs = np.concatenate([self.probabilities(batch[i: i + self.batch_size])
+                                for i in range(0, len(batch), self.batch_size)] or [np.zeros((0, len(self.classes)))])
         return Prediction(probs.argmax(1), probs)
 
 

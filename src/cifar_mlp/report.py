@@ -7,6 +7,7 @@ and environment.json (set-up). Where a question needs an experiment the run did 
 import base64
 import html
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,34 +315,18 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          "th{background:#eef3f9}img{max-width:100%;display:block;margin:1em 0}pre{background:#f6f6f6;padding:1em}")
 
 
-def to_html(blocks: list[tuple], run_dir: Path) -> str:
-    """HTML with every image embedded as a data URI, so the single file can be mailed."""
-    def inline(text: str) -> str:
-        escaped = html.escape(text)
-        parts = escaped.split("**")
-        escaped = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
-        parts = escaped.split("`")
-        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+def to_html(text: str, folder: Path, title: str) -> str:
+    """A markdown document (report.md, a sweep's summary.md) rendered by Python-Markdown, with every image
+    embedded as a data URI, so the single file can be mailed."""
+    import markdown
 
-    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(blocks[0][1])}</title>"
-           f"<style>{STYLE}</style></head><body>"]
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{inline(block[1])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{inline(block[1])}</p>")
-        elif kind == "code":
-            out.append(f"<pre>{html.escape(block[1])}</pre>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in block[2])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode((Path(run_dir) / block[1]).read_bytes()).decode()
-            out.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(block[2])}'>")
-    out.append("</body></html>")
-    return "\n".join(out)
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode((Path(folder) / html.unescape(match.group(1))).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, markdown.markdown(text, extensions=["tables", "fenced_code"]))
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
 def write_report(run_dir) -> tuple[Path, Path]:
@@ -351,8 +336,9 @@ def write_report(run_dir) -> tuple[Path, Path]:
     if missing:
         raise UserError(f"{run_dir} lacks {', '.join(missing)}; rerun cifar-mlp evaluate {run_dir}")
     md, page = run_dir / "report.md", run_dir / "report.html"
-    rundir.write_text(md, to_markdown(blocks))
-    rundir.write_text(page, to_html(blocks, run_dir))
+    text = to_markdown(blocks)
+    rundir.write_text(md, text)
+    rundir.write_text(page, to_html(text, run_dir, blocks[0][1]))
     return md, page
 
 

@@ -181,8 +181,9 @@ def write_summary(study_dir, storage_url: str | None, spec: Spec, spec_path: str
     header = list(rows[0]) if rows else ["number", "state"]
     rundir.write_csv(study_dir / "trials.csv", header,
                      [[json.dumps(v) if isinstance(v, list) else v for v in r.values()] for r in rows])
-    rundir.write_text(study_dir / "summary.md", to_markdown(blocks))
-    rundir.write_text(study_dir / "summary.html", to_html(blocks, study_dir))
+    text = to_markdown(blocks)
+    rundir.write_text(study_dir / "summary.md", text)
+    rundir.write_text(study_dir / "summary.html", to_html(text, study_dir, blocks[0][1]))
     return study_dir / "summary.md"
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from cifar_mlp import UserError, checkpoint, environment, rundir
+from cifar_mlp import UserError, checkpoint, environment, rundir, tensorboard_log
 from cifar_mlp.config import Config, validate
 from cifar_mlp.data import (
     CLASSES,
@@ -128,7 +128,7 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool)
 
 def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None):
     """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
-    tensors (so that the host waits for the device once per epoch, not once per step) and the last lr.
+    tensors (so that the host waits for the device once per epoch, not once per step) and each step's lr.
     With mixup/cutmix the loss is against the blended labels, the accuracy against the label with the larger
     share of each blended image."""
     model.train()
@@ -139,10 +139,12 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     buffer = split.images.new_empty((min(n, cfg.train.batch_size + 1), *split.images.shape[1:]))  # no page faults
+    lrs = []
     for i, idx in enumerate(batch_indices(n, cfg.train.batch_size, shuffle, device)):
         lr = cfg.optim.lr * lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps, cfg.optim.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        lrs.append(lr)
         x, y = torch.index_select(split.images, 0, idx, out=buffer[: len(idx)]), split.labels[idx]
         if cfg.data.augment:
             x = augment(x, cfg.data.augment)
@@ -162,7 +164,7 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
             ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
-    return loss_sum, correct, lr
+    return loss_sum, correct, lrs
 
 
 def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resume: bool = False,
@@ -185,6 +187,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
     resumed = checkpoint.load(last_path) if resume else None
     device = resolve_device(cfg.train.device)
     check_memory(cfg, device)
+    if cfg.train.tensorboard:
+        tensorboard_log.require()
     if cfg.train.bf16 and device.type == "cpu" and not environment.cpu_has_bf16():
         print("cifar-mlp: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so train.bf16 will be slower "
               "than float32; add --set train.bf16=false", file=sys.stderr)
@@ -220,12 +224,14 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
             rundir.write_history(history, run_dir / rundir.HISTORY)
 
     n = len(splits.train.labels)
+    board = tensorboard_log.TrainingLog(run_dir, batch_count(n, cfg.train.batch_size), history) if (
+        cfg.train.tensorboard) else None
     show_bar = not quiet and sys.stderr.isatty()
     bar = tqdm(total=cfg.train.epochs, initial=len(history), desc="epochs", disable=not show_bar)
     try:
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
             start = time.perf_counter()
-            loss_sum, correct, lr = train_epoch(model, optimizer, loss_fn, splits.train, cfg, shuffle, epoch, ema)
+            loss_sum, correct, lrs = train_epoch(model, optimizer, loss_fn, splits.train, cfg, shuffle, epoch, ema)
             val_logits = predict_logits(evaluated, splits.validation.images)
             val_loss = loss_fn(val_logits, splits.validation.labels).item()
             val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
@@ -236,8 +242,11 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
                 raise UserError(f"training diverged: the loss became {train_loss} at epoch {epoch}; {kept}; "
                                 "lower the learning rate (--lr) or enable gradient clipping (--set optim.grad_clip=1)")
             row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / n, "val_loss": val_loss,
-                   "val_acc": val_acc, "lr": lr, "epoch_time_s": seconds, "samples_per_s": n / seconds}
+                   "val_acc": val_acc, "lr": lrs[-1], "epoch_time_s": seconds, "samples_per_s": n / seconds}
             history.append(row)
+            if board:  # logged and flushed before the checkpoint: a resume purges what follows it
+                board.steps(epoch, lrs)
+                board.epoch(row)
             is_best = val_loss < best_val_loss
             best_val_loss = min(best_val_loss, val_loss)
             state = {
@@ -263,6 +272,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
                 on_epoch(row)
     except BaseException:  # interrupted, diverged or out of disk: still plot what was trained, if the disk allows
         bar.close()
+        if board:
+            board.close()
         if history:
             with contextlib.suppress(UserError):
                 plots.plot_history(history, run_dir / "loss_plot.png")
@@ -270,4 +281,6 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
     bar.close()
     if history:
         plots.plot_history(history, run_dir / "loss_plot.png")
+    if board:
+        board.finish(cfg.to_dict(), history, run_dir / "loss_plot.png")
     return history
