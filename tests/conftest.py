@@ -75,3 +75,17 @@ def trained_run(tmp_path_factory):
                  train=TrainConfig(epochs=3, batch_size=64, device="cpu"))
     train(cfg, base / "run", root, allow_download=False, quiet=True)
     return base / "run", root
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(trained_run, tmp_path_factory):
+    """A copy of trained_run, evaluated on the three splits (shared): (run_dir, data_root, metrics)."""
+    import shutil
+
+    from cifar_mlp.evaluate import evaluate_run
+
+    run_dir, root = trained_run
+    copy = tmp_path_factory.mktemp("evaluated") / "run"
+    shutil.copytree(run_dir, copy)
+    metrics = evaluate_run(copy, data_dir=root, device="cpu", quiet=True, allow_download=False)
+    return copy, root, metrics

@@ -3,7 +3,6 @@ prediction through ONNX Runtime without torch."""
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from PIL import Image
 from cifar_mlp import UserError, checkpoint
 from cifar_mlp.cli import main
 from cifar_mlp.data import load_cifar10, make_splits
-from cifar_mlp.evaluate import evaluate_run, predict_probs
+from cifar_mlp.evaluate import predict_probs
 from cifar_mlp.export import export_onnx
 from cifar_mlp.predict import Classifier
 from cifar_mlp.train import train
@@ -35,13 +34,9 @@ def parity(run_dir, root, onnx_path, val_per_class=5):
     return expected, got
 
 
-@pytest.fixture(scope="module")
-def evaluated(trained_run, tmp_path_factory):
-    run_dir, root = trained_run
-    copy = tmp_path_factory.mktemp("export") / "run"
-    shutil.copytree(run_dir, copy)
-    metrics = evaluate_run(copy, data_dir=root, device="cpu", quiet=True, allow_download=False)
-    return copy, root, metrics
+@pytest.fixture
+def evaluated(evaluated_run):
+    return evaluated_run
 
 
 def test_the_graph_is_checked_and_carries_its_metadata(evaluated, tmp_path):
@@ -131,3 +126,14 @@ def test_export_and_onnx_errors(evaluated, tmp_path, capsys):
         Classifier.from_checkpoint(tmp_path / "missing.onnx")
     main(["export", str(run_dir), "--out", str(tmp_path / "new-folder" / "m.onnx")])
     assert "exported" in capsys.readouterr().out and (tmp_path / "new-folder" / "m.onnx").stat().st_size > 1000
+
+
+def test_without_the_onnx_packages_one_line_errors(evaluated, tmp_path, monkeypatch):
+    run_dir, _, _ = evaluated
+    out = export_onnx(run_dir, tmp_path / "m.onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match=r"pip install 'cifar-mlp\[onnx\]'"):
+        export_onnx(run_dir, tmp_path / "again.onnx")
+    with pytest.raises(UserError, match=r"needs ONNX Runtime: pip install 'cifar-mlp\[onnx\]'"):
+        Classifier.from_checkpoint(out)

@@ -142,9 +142,11 @@ def test_an_ensemble_averages_the_probabilities_of_independent_members():
     assert parameter_count(ensemble) == 3 * parameter_count(ensemble[0])
 
 
-def test_an_ensemble_sets_the_input_map_of_every_member():
-    ensemble = build_model(ModelConfig(widths=[16], members=2, whitening="project", whitening_dims=8))
-    weight, bias = torch.randn(8, 3072), torch.randn(8)
-    ensemble.set_input_map(weight, bias)
+def test_an_ensemble_fits_one_input_map_for_every_member():
+    cfg = ModelConfig(widths=[16], members=2, whitening="project", whitening_dims=8)
+    ensemble = build_model(cfg)
+    images = torch.randn(200, 3, 32, 32)
+    ensemble.fit_input_map(images)
+    weight, bias = fit_whitening(images.flatten(1), cfg)
     assert ensemble.whitened and all(torch.equal(m.whiten_weight, weight) for m in ensemble)
     assert all(torch.equal(m.whiten_bias, bias) for m in ensemble)

@@ -165,7 +165,7 @@ def test_ensemble_members_train_on_their_own_losses_and_load_back(tiny_config, s
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     ckpt = checkpoint.load(path)
     assert len(checkpoint.build_model(ckpt, path)) == 3
-    with pytest.raises(UserError, match="different architecture than the config \\(members 1"):
+    with pytest.raises(UserError, match="different architecture than the config \\(mlp, members 1"):
         checkpoint.build_model(ckpt, path, dataclasses.replace(cfg.model, members=1))
 
 

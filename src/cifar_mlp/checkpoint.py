@@ -8,7 +8,7 @@ import torch
 
 from cifar_mlp import UserError, rundir
 from cifar_mlp.config import ModelConfig, from_dict
-from cifar_mlp.model import build_model as build_architecture
+from cifar_mlp.networks import build as build_architecture
 
 REQUIRED_KEYS = {"model", "config", "epoch", "mean", "std", "classes", "split"}
 
@@ -44,7 +44,7 @@ def build_model(ckpt: dict, path, model_cfg: ModelConfig | None = None):
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         detail = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"checkpoint {path} holds a different architecture than the config (members "
-                        f"{cfg.members}, widths {cfg.widths}, norm {cfg.norm}): {detail}; use the run's own config "
-                        "or retrain") from None
+        raise UserError(f"checkpoint {path} holds a different architecture than the config ({cfg.architecture}, "
+                        f"members {cfg.members}, widths {cfg.widths}, norm {cfg.norm}): {detail}; use the run's own "
+                        "config or retrain") from None
     return model

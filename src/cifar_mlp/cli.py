@@ -146,6 +146,18 @@ def cmd_predict(args) -> None:
         sys.exit(1)
 
 
+def cmd_robustness(args) -> None:
+    from cifar_mlp.robustness import robustness
+
+    transforms = [t.strip() for t in args.transforms.split(",") if t.strip()] if args.transforms else None
+    _, summaries = robustness(args.run_dirs, args.out, transforms, args.data_dir, args.device or "auto",
+                              not args.no_download)
+    for run, s in summaries.items():
+        print(f"{run}: clean {100 * s['clean']:.1f}%, mean over the transforms {100 * s['mean_corrupted']:.1f}%, "
+              f"costliest {s['worst']} {s['worst_strength']:g} ({100 * s['worst_accuracy']:.1f}%)")
+    print(f"curves: {args.out}/robustness.csv, robustness.png and robustness.md")
+
+
 def cmd_export(args) -> None:
     from cifar_mlp.export import export_onnx
 
@@ -217,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("robustness", help="test accuracy of runs under rotations, shifts, noise, blur, ...")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN")
+    p.add_argument("--out", required=True, help="folder for robustness.csv, .png and .md")
+    p.add_argument("--transforms", help="comma-separated subset of: rotation, translation, gaussian_noise, "
+                                        "gaussian_blur, brightness, contrast, jpeg, mirror (default: all)")
+    add_data_args(p)
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("export", help="write a trained model as an ONNX file (uint8 images in, probabilities out)")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run directory (its best.pt) or a checkpoint file")

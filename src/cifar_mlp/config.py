@@ -24,7 +24,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    widths: list[int] = field(default_factory=lambda: [512, 256, 128])
+    architecture: str = "mlp"  # mlp | cnn: the comparator CNN (cnn.py), which only the seed's CNN claims use
+    widths: list[int] = field(default_factory=lambda: [512, 256, 128])  # cnn: the channels of its three blocks
     dropout: float = 0.2
     input_dropout: float = 0.0  # dropout on the input features (after any whitening or projection); 0: off
     norm: str = "batch"  # batch | layer | none
@@ -73,6 +74,7 @@ class Config:
 
 CHOICES = {
     "data.mix": {"none", "mixup", "cutmix"},
+    "model.architecture": {"mlp", "cnn"},
     "model.norm": {"batch", "layer", "none"},
     "model.activation": {"relu", "gelu"},
     "model.order": {"act-norm", "norm-act"},
@@ -169,7 +171,9 @@ def validate(c: Config) -> None:
         raise UserError("config: model.widths must be a non-empty list of positive ints, e.g. [512, 256, 128]")
     if c.optim.warmup_epochs > c.train.epochs:
         raise UserError(f"config: optim.warmup_epochs ({c.optim.warmup_epochs}) exceeds train.epochs")
-    if c.train.batch_size == 1 and c.model.norm == "batch":
+    if c.model.architecture == "cnn":
+        check_comparator(c.model)
+    if c.train.batch_size == 1 and (c.model.norm == "batch" or c.model.architecture == "cnn"):
         raise UserError("config: train.batch_size=1 cannot train BatchNorm, which needs at least 2 images per batch; "
                         "use a batch size of 2 or more, or --set model.norm=layer")
     for key, allowed in CHOICES.items():
@@ -180,6 +184,19 @@ def validate(c: Config) -> None:
     unknown = set(c.data.augment) - AUGMENTATIONS
     if unknown:
         raise UserError(f"config: data.augment accepts {sorted(AUGMENTATIONS)}, got {sorted(unknown)}")
+
+
+def check_comparator(m: ModelConfig) -> None:
+    """The CNN has its own fixed first layer and block design: the MLP's options do not apply to it."""
+    if len(m.widths) != 3:
+        raise UserError(f"config: model.architecture=cnn takes three model.widths (its blocks' channels), got "
+                        f"{m.widths}")
+    mlp_only = {k: v for k, v in dataclasses.asdict(m).items()
+                if k not in ("architecture", "widths", "dropout") and v != getattr(ModelConfig(), k)}
+    if mlp_only:
+        key = sorted(mlp_only)[0]
+        raise UserError(f"config: model.{key} is an MLP option; the cnn comparator does not use it (leave it at "
+                        f"{getattr(ModelConfig(), key)!r})")
 
 
 def preset_names() -> list[str]:

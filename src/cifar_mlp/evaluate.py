@@ -79,6 +79,14 @@ def predict_probs(model, images: torch.Tensor, tta_flip: bool = False) -> np.nda
     return probs.cpu().numpy()
 
 
+def split_probabilities(model, images: torch.Tensor, tta_flip: bool = False) -> tuple[np.ndarray, list]:
+    """(probabilities, each member's probabilities): an ensemble's are its members' mean, computed from theirs
+    rather than by a second forward pass; a single network has no members ([])."""
+    members = list(model) if isinstance(model, Ensemble) else []
+    member_probs = [predict_probs(member, images, tta_flip) for member in members]
+    return (np.mean(member_probs, 0) if member_probs else predict_probs(model, images, tta_flip)), member_probs
+
+
 def robustness(model, images: torch.Tensor, labels: torch.Tensor, shift: int = 2) -> dict:
     """Accuracy on mirrored images and on images shifted right and down by `shift` pixels (edges zero-filled,
     i.e. the mean colour): an MLP has no built-in invariance to either, so this measures what it learned."""
@@ -172,11 +180,7 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
         results, predictions = {}, {}
         for split in splits:
             y_true, images = split_data[split].labels.cpu().numpy(), split_data[split].images
-            # an ensemble's probabilities are its members' mean: computed from theirs, not by a second forward
-            # pass
-            members = list(model) if isinstance(model, Ensemble) else []
-            member_probs = [predict_probs(member, images, tta_flip) for member in members]
-            probs = np.mean(member_probs, 0) if member_probs else predict_probs(model, images, tta_flip)
+            probs, member_probs = split_probabilities(model, images, tta_flip)
             results[split], predictions[split] = split_metrics(y_true, probs, classes), (y_true, probs)
             if member_probs:
                 results[split]["scalars"]["member_accuracy"] = [(p.argmax(1) == y_true).mean().item()

@@ -56,6 +56,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         in_features = IN_FEATURES
         self.whitened = cfg.whitening != "none"
         if self.whitened:
@@ -79,6 +80,10 @@ class MLP(nn.Module):
     def set_input_map(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         self.whiten_weight[:], self.whiten_bias[:] = weight, bias
 
+    def fit_input_map(self, train_images: torch.Tensor) -> None:
+        """The fixed first layer (model.whitening), fitted on the train split's images."""
+        self.set_input_map(*fit_whitening(train_images.flatten(1), self.cfg))
+
 
 class Ensemble(nn.ModuleList):
     """model.members MLPs side by side. Training gives each its own loss (train.forward_loss), so they learn
@@ -96,7 +101,9 @@ class Ensemble(nn.ModuleList):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return average_probabilities(self.member_logits(images))
 
-    def set_input_map(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    def fit_input_map(self, train_images: torch.Tensor) -> None:
+        """One fixed first layer, fitted once, shared by every member."""
+        weight, bias = fit_whitening(train_images.flatten(1), self[0].cfg)
         for member in self:
             member.set_input_map(weight, bias)
 

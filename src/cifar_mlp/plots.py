@@ -161,3 +161,26 @@ def save_axes(ax, path: Path) -> None:
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     fig.set_size_inches(8, 4.5)
     _save(fig, path)
+
+
+def plot_robustness(rows: list[dict], path: Path) -> None:
+    """One panel per transform family, one curve per run: test accuracy against the transform's strength."""
+    families = list(dict.fromkeys(r["transform"] for r in rows))
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    columns = min(4, len(families))
+    fig, axes = plt.subplots(-(-len(families) // columns), columns, figsize=(3.6 * columns, 3.0 * -(-len(families)
+                             // columns) + 0.4 + 0.22 * len(runs)), layout="constrained", squeeze=False)
+    for ax, family in zip(axes.flat, families, strict=False):
+        for run in runs:
+            points = [(r["strength"], r["accuracy"]) for r in rows if r["run"] == run and r["transform"] == family]
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=run if ax is axes.flat[0] else None)
+        ax.set_title(family.replace("_", " "))
+        ax.set_xlabel("strength")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(families):]:
+        ax.axis("off")
+    fig.legend(loc="outside lower center", ncols=min(3, len(runs)), fontsize=8)
+    fig.suptitle("Accuracy under transformed test images")
+    _save(fig, path)

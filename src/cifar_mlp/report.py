@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from cifar_mlp import UserError, plots, rundir
 from cifar_mlp.config import from_dict
-from cifar_mlp.model import MLP, build_model, describe, parameter_count
+from cifar_mlp.model import MLP, describe, parameter_count
+from cifar_mlp.networks import build as build_model
 
 # Thresholds of the automatic diagnosis (written into every report).
 TREND_FRACTION = 0.10  # the "end" of training: the last 10% of epochs (at least 3)
@@ -94,6 +96,11 @@ def input_map(cfg) -> str:
 
 
 def model_sentence(model) -> str:
+    if not isinstance(model, MLP | nn.ModuleList):
+        return (f"Model: the comparator, a small convolutional network with {parameter_count(model):,} parameters: "
+                "not fully connected, it is here only to measure the seed's claims about convolutional models. A "
+                "fixed first layer whitens 2x2 patches (fitted on the train split), then three blocks of "
+                "convolution, max pooling, BatchNorm and GELU, a global max pool and a linear head to 10 logits.")
     if isinstance(model, MLP):
         return (f"Model: a fully connected network with {parameter_count(model):,} parameters; it outputs 10 "
                 "logits, softmax gives the probabilities, and training minimises the cross-entropy of the logits.")
@@ -108,7 +115,8 @@ def read_run(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
     return {"config": rundir.read_config(run_dir), "history": rundir.read_history(run_dir),
-            "metrics": rundir.read_metrics(run_dir), "environment": rundir.read_environment(run_dir)}
+            "metrics": rundir.read_metrics(run_dir), "environment": rundir.read_environment(run_dir),
+            "robustness": rundir.read_robustness(run_dir)}
 
 
 def table(header, rows) -> tuple:
@@ -135,7 +143,7 @@ def build(run_dir: Path) -> list[tuple]:
               + (f", then {input_map(cfg)}, fitted on the train split and fixed" if input_map(cfg) else "")
               + f"; augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
         ("p", model_sentence(model)),
-        ("code", describe(model if isinstance(model, MLP) else model[0])),
+        ("code", describe(model[0] if isinstance(model, nn.ModuleList) else model)),
         table(["hyperparameter", "value"],
               [[f"{section}.{k}", v] for section, values in run["config"].items() for k, v in values.items()]),
         ("p", f"Hardware: {env['gpu'] or env['cpu']} ({env['device']}, {env['torch_threads']} threads), torch "
@@ -195,7 +203,7 @@ def build(run_dir: Path) -> list[tuple]:
                    ("img", f"calibration_{s}.png", f"{s} reliability diagram")]
     if test:
         blocks.append(("img", "misclassified_test.png", "most confidently wrong test images"))
-    blocks += conclusions(diag, splits, cfg)
+    blocks += conclusions(diag, splits, cfg, run["robustness"])
     if test:
         blocks += seed_comparison(test)
     return blocks
@@ -212,7 +220,7 @@ def ensemble_gain(held_out: dict, name: str) -> str:
             "mean.")
 
 
-def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
+def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = None) -> list[tuple]:
     """Answers to the seed's four questions, each resting on a measured figure."""
     blocks = [("h2", "Conclusions")]
     held_out = splits.get("test") or splits.get("validation")
@@ -269,8 +277,19 @@ def conclusions(diag: Diagnosis, splits: dict, cfg) -> list[tuple]:
         text += (f". Under simple shifts of the input the accuracy changes: horizontally flipped images "
                  f"{pct(robust['hflip_accuracy'])}, images shifted by {robust['shift_pixels']} pixels "
                  f"{pct(robust['shift_accuracy'])}")
-    text += (". Accuracy on other kinds of change (rotation, other cameras, other datasets) was not measured "
-             "by this run.")
+    if robustness and name == "test":
+        s = robustness["summary"]
+        costliest = sorted(s["strongest"].items(), key=lambda item: item[1])[:3]
+        strongest = {r["transform"]: r["strength"] for r in robustness["transforms"]}
+        text += (f". Measured by `cifar-mlp robustness` on the test split: over its transforms (rotations, "
+                 f"translations, noise, blur, brightness, contrast, JPEG, mirror) the mean accuracy is "
+                 f"{pct(s['mean_corrupted'])}, {100 * (s['clean'] - s['mean_corrupted']):.1f} points below the clean "
+                 "images; the costliest at their strongest: " + ", ".join(
+                     f"{t.replace('_', ' ')} {strongest[t]:g} ({pct(a)})" for t, a in costliest)
+                 + ". Other cameras and other datasets were not measured.")
+    else:
+        text += (". Accuracy on other kinds of change (rotation, other cameras, other datasets) was not measured "
+                 "by this run (`cifar-mlp robustness` measures rotations, shifts and corruptions).")
     blocks.append(("p", text))
     return blocks
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from cifar_mlp import UserError
 
 CONFIG, ENVIRONMENT, HISTORY, METRICS = "config.json", "environment.json", "history.csv", "metrics.json"
+ROBUSTNESS = "robustness.json"  # written by cifar-mlp robustness, read by the report
 LOCK = ".lock"
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
 TEMPORARY = ".*.tmp*"  # the names write_bytes gives its temporary files
@@ -125,6 +126,14 @@ def read_environment(run_dir) -> dict:
 def read_metrics(run_dir) -> dict:
     return read_json(Path(run_dir) / METRICS, f"`cifar-mlp evaluate {run_dir}`",
                      ("checkpoint", "epoch", "split", "splits", "seconds"))
+
+
+def read_robustness(run_dir) -> dict | None:
+    """The run's robustness figures, or None where `cifar-mlp robustness` has not measured it."""
+    path = Path(run_dir) / ROBUSTNESS
+    if not path.is_file():
+        return None
+    return read_json(path, f"`cifar-mlp robustness {run_dir} --out DIR`", ("transforms", "summary"))
 
 
 def read_history(run_dir) -> list[dict]:

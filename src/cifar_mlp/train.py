@@ -28,7 +28,8 @@ from cifar_mlp.data import (
     mix,
     resolve_device,
 )
-from cifar_mlp.model import Ensemble, average_probabilities, build_model, fit_whitening, parameter_count, predict_logits
+from cifar_mlp.model import Ensemble, average_probabilities, parameter_count, predict_logits
+from cifar_mlp.networks import build as build_model
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -114,7 +115,7 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool)
         originals = [p.detach().clone() for p in params]
         grads = [p.grad for p in params]
         torch._foreach_add_(params, torch._foreach_mul(grads, rho / (nn.utils.get_total_norm(grads) + 1e-12)))
-    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm1d)}
+    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     for m in momenta:
         m.momentum = 0.0
     model.zero_grad(set_to_none=True)
@@ -204,7 +205,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
         raise UserError(f"cannot resume {run_dir}: its checkpoint used a different train/validation split")
     model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else build_model(cfg.model)).to(device)
     if model.whitened and not resumed:
-        model.set_input_map(*fit_whitening(splits.train.images.flatten(1), cfg.model))
+        model.fit_input_map(splits.train.images)
     ema = make_ema(model, cfg)
     if resumed and ("trained_model" in resumed) != (ema is not None):
         raise UserError(f"cannot resume {run_dir}: it was trained {'with' if ema is None else 'without'} an EMA of "
