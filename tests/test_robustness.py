@@ -102,8 +102,8 @@ def test_brightness_and_contrast_follow_cifar_10_c():
 
 
 def test_the_summary_weights_families_equally_and_names_the_costliest_at_its_strongest():
-    rows = [{"transform": "jpeg", "strength": s, "accuracy": a, "n": 10} for s, a in ((0, 0.9), (80, 0.8), (40, 0.2))]
+    rows = [{"transform": "jpeg", "strength": s, "accuracy": a, "n": 10} for s, a in ((0, 0.9), (20, 0.8), (60, 0.2))]
     rows += [{"transform": "mirror", "strength": s, "accuracy": a, "n": 10} for s, a in ((0, 0.9), (1, 0.6))]
     summary = summarise(rows)
     assert summary["clean"] == 0.9 and summary["mean_corrupted"] == pytest.approx((0.5 + 0.6) / 2)
-    assert (summary["worst"], summary["worst_strength"], summary["worst_accuracy"]) == ("jpeg", 40, 0.2)
+    assert (summary["worst"], summary["worst_strength"], summary["worst_accuracy"]) == ("jpeg", 60, 0.2)

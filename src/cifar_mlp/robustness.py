@@ -34,7 +34,7 @@ STRENGTHS = {
     "gaussian_blur": [0, 0.4, 0.6, 0.7, 0.8, 1.0],  # sigma in pixels
     "brightness": [0, 0.05, 0.1, 0.15, 0.2, 0.3],  # added to each pixel's HSV value
     "contrast": [0, 0.25, 0.5, 0.6, 0.7, 0.85],  # 1 - CIFAR-10-C's factor (.75 ... .15), so that 0 is clean
-    "jpeg": [0, 80, 65, 58, 50, 40],  # quality; 0 here means no compression
+    "jpeg": [0, 20, 35, 42, 50, 60],  # 100 - quality (CIFAR-10-C: 80, 65, 58, 50, 40), so that 0 is clean
     "mirror": [0, 1],
 }
 
@@ -70,7 +70,7 @@ def apply(name: str, images: torch.Tensor, strength: float, fill: list[int], gen
     if name == "jpeg":
         with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated; jpeg still works
             warnings.simplefilter("ignore", DeprecationWarning)
-            return [F.jpeg(images.cpu(), int(strength)).to(images.device)]
+            return [F.jpeg(images.cpu(), 100 - int(strength)).to(images.device)]
     x = images.float() / 255
     if name == "gaussian_noise":  # by hand, for a seeded generator: torchvision's draws from the global one
         x = x + strength * torch.randn(x.shape, generator=generator).to(x.device)
@@ -121,7 +121,7 @@ def run_curves(run_dir: Path, data, transforms: list[str], device) -> list[dict]
 
 def summarise(rows: list[dict]) -> dict:
     """Clean accuracy, the mean over every transform at strength > 0 (each family weighted equally), and the
-    costliest transform at its strongest (the last of its strengths: JPEG's strongest is its lowest quality)."""
+    costliest transform at its strongest."""
     clean = next(r["accuracy"] for r in rows if r["strength"] == 0)
     families = {}
     for r in rows:
@@ -131,7 +131,7 @@ def summarise(rows: list[dict]) -> dict:
     worst = min(strongest, key=strongest.get) if strongest else None
     return {"clean": clean, "mean_corrupted": float(np.mean([np.mean(a) for a in families.values()])),
             "worst": worst, "worst_accuracy": strongest.get(worst),
-            "worst_strength": [r["strength"] for r in rows if r["transform"] == worst][-1] if worst else None,
+            "worst_strength": max(r["strength"] for r in rows if r["transform"] == worst) if worst else None,
             "strongest": strongest}
 
 
