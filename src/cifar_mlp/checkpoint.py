@@ -21,6 +21,14 @@ def save_atomic(obj, path: Path) -> None:
     rundir.write_bytes(path, buffer.getbuffer())
 
 
+def locate(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(checkpoint file, its run directory or None): a run directory stands for its checkpoints/best.pt."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "checkpoints" / "best.pt", path
+    return path, path.parent.parent if path.parent.name == "checkpoints" else None
+
+
 def load(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

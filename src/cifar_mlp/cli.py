@@ -64,18 +64,18 @@ def cmd_data_check(args) -> None:
 
 
 def cmd_train(args) -> None:
-    cmd_train_with(args, resolve_config(args))
-
-
-def cmd_train_with(args, cfg, data=None) -> None:
     from cifar_mlp.train import train
 
-    history = train(cfg, args.run_dir, args.data_dir, not args.no_download, args.resume, args.overwrite, args.quiet,
-                    data)
+    history = train(resolve_config(args), args.run_dir, args.data_dir, not args.no_download, args.resume,
+                    args.overwrite, args.quiet)
+    print(done_line(history, args.run_dir))
+
+
+def done_line(history: list[dict], run_dir) -> str:
     best = min(history, key=lambda r: r["val_loss"])
-    print(f"done: {len(history)} epochs in {sum(r['epoch_time_s'] for r in history):.1f}s of training; lowest "
-          f"validation loss {best['val_loss']:.4f} at epoch {best['epoch']} (accuracy {best['val_acc']:.4f}); "
-          f"files in {args.run_dir}")
+    return (f"done: {len(history)} epochs in {sum(r['epoch_time_s'] for r in history):.1f}s of training; lowest "
+            f"validation loss {best['val_loss']:.4f} at epoch {best['epoch']} (accuracy {best['val_acc']:.4f}); "
+            f"files in {run_dir}")
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -92,22 +92,36 @@ def cmd_evaluate(args) -> None:
                  args.out, args.data_dir, args.device or "auto", not args.no_download, args.tta == "flip")
 
 
-def cmd_run(args) -> None:
-    """The main job: train, evaluate the best checkpoint on all three splits, write the report."""
+def run_job(cfg, run_dir, data=None, data_dir=None, allow_download: bool = True, resume: bool = False,
+            overwrite: bool = False, quiet: bool = False, which: str = "best", tta_flip: bool = False,
+            on_epoch=None, show_metrics: bool = True) -> tuple[list[dict], dict, Path, Path]:
+    """The main job, for `cifar-mlp run` and every sweep trial: train, evaluate a checkpoint on all three splits,
+    write the report, holding the run directory throughout. Without `data`, the cheap refusals (an existing run,
+    a model too large) come before the dataset loads. Returns the history, metrics.json and the report's paths."""
     from cifar_mlp import rundir
     from cifar_mlp.data import load_cifar10, resolve_device
     from cifar_mlp.evaluate import evaluate_run
     from cifar_mlp.report import write_report
-    from cifar_mlp.train import check_memory
+    from cifar_mlp.train import check_memory, train
 
-    cfg = resolve_config(args)
-    with rundir.locked(args.run_dir):  # held from training to the report; the cheap checks before the data loads
-        rundir.prepare(Path(args.run_dir), args.resume, args.overwrite)
-        check_memory(cfg, resolve_device(cfg.train.device))
-        data = load_cifar10(args.data_dir, not args.no_download)
-        cmd_train_with(args, cfg, data)
-        evaluate_run(args.run_dir, args.checkpoint, device=cfg.train.device, tta_flip=args.tta == "flip", data=data)
-        md, page = write_report(args.run_dir)
+    with rundir.locked(run_dir):
+        if data is None:
+            rundir.prepare(Path(run_dir), resume, overwrite)
+            check_memory(cfg, resolve_device(cfg.train.device))
+            data = load_cifar10(data_dir, allow_download)
+        history = train(cfg, run_dir, data=data, resume=resume, overwrite=overwrite, quiet=quiet, on_epoch=on_epoch)
+        print(done_line(history, run_dir))
+        metrics = evaluate_run(run_dir, which, device=cfg.train.device, tta_flip=tta_flip, data=data,
+                               quiet=not show_metrics)
+        md, page = write_report(run_dir)
+    return history, metrics, md, page
+
+
+def cmd_run(args) -> None:
+    """The main job: train, evaluate the best checkpoint on all three splits, write the report."""
+    *_, md, page = run_job(resolve_config(args), args.run_dir, data_dir=args.data_dir,
+                           allow_download=not args.no_download, resume=args.resume, overwrite=args.overwrite,
+                           quiet=args.quiet, which=args.checkpoint, tta_flip=args.tta == "flip")
     print(f"report: {md} and {page}")
 
 

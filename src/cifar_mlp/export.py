@@ -34,15 +34,6 @@ class ImageClassifier(nn.Module):
         return logits, logits.softmax(1)
 
 
-def resolve(path) -> tuple[Path, Path | None]:
-    """(checkpoint, run directory or None) from a run directory (its best.pt) or a checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        return path / "checkpoints" / "best.pt", path
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-    return path, run_dir
-
-
 def metadata(ckpt: dict, run_dir: Path | None) -> dict[str, str]:
     """What a deployment needs to know about the model, as ONNX metadata_props (strings)."""
     test = None
@@ -67,7 +58,7 @@ def export_onnx(source, out) -> Path:
         import onnx
     except ImportError:
         raise UserError("export to ONNX needs the onnx packages: pip install 'cifar-mlp[onnx]'") from None
-    path, run_dir = resolve(source)
+    path, run_dir = checkpoint.locate(source)
     ckpt = checkpoint.load(path)
     wrapped = ImageClassifier(checkpoint.build_model(ckpt, path), ckpt["mean"], ckpt["std"]).eval()
     example = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)

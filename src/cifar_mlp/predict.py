@@ -118,8 +118,7 @@ class Classifier:
         from cifar_mlp.data import normalise, resolve_device
         from cifar_mlp.model import predict_logits
 
-        if path.is_dir():
-            path = path / "checkpoints" / "best.pt"
+        path, _ = checkpoint.locate(path)
         ckpt = checkpoint.load(path)
         device = resolve_device(device)
         model = checkpoint.build_model(ckpt, path).to(device).eval()

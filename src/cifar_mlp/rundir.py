@@ -222,4 +222,7 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"run directory {run_dir} already exists; choose another --run-dir, continue it with "
                         "--resume, or replace it with --overwrite")
     for p in existing:
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()

@@ -148,7 +148,7 @@ def check_spec(spec: Spec, where: str) -> None:
             if spec.sampler == "grid":
                 raise UserError(f"{where}: a grid needs a list of values for {key}, not a range; use sampler = "
                                 "\"tpe\" or \"random\" for ranges")
-            check_range(where, key, values)
+            check_space_range(where, key, values)
         else:
             raise UserError(f"{where}: space key {key} must be a list of values or {{low, high, log, step}}")
     if spec.points and spec.sampler != "grid":
@@ -161,7 +161,7 @@ def check_spec(spec: Spec, where: str) -> None:
             raise UserError(f"{where}: the point {json.dumps(point)} is not a valid run config: {e}") from None
 
 
-def check_range(where: str, key: str, r: dict) -> None:
+def check_space_range(where: str, key: str, r: dict) -> None:
     unknown = set(r) - {"low", "high", "log", "step"}
     low, high = r.get("low"), r.get("high")
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
@@ -342,13 +342,12 @@ class Duplicate(Exception):
 
 
 def run_trial(trial, spec: Spec, study_dir: Path, data, device: str, quiet: bool) -> float:
-    """Train, evaluate and report one (point, seed); the objective of its best epoch on validation."""
+    """Train, evaluate and report one (point, seed) as `cifar-mlp run` does; the objective of its best epoch on
+    validation."""
     import optuna
     from optuna.trial import TrialState
 
-    from cifar_mlp.evaluate import evaluate_run
-    from cifar_mlp.report import write_report
-    from cifar_mlp.train import train
+    from cifar_mlp.cli import run_job
 
     trial.set_user_attr("worker", worker_id())
     trials = trial.study.get_trials(deepcopy=False)
@@ -391,11 +390,9 @@ def run_trial(trial, spec: Spec, study_dir: Path, data, device: str, quiet: bool
 
     start = time.perf_counter()
     try:
-        with rundir.locked(run_dir), contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            history = train(cfg, run_dir, data=data, resume=resume, overwrite=not resume, quiet=True,
-                            on_epoch=report_epoch)
-            metrics = evaluate_run(run_dir, "best", data=data, device=cfg.train.device, quiet=True)
-            write_report(run_dir)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            history, metrics, _, _ = run_job(cfg, run_dir, data=data, resume=resume, overwrite=not resume,
+                                             quiet=True, on_epoch=report_epoch, show_metrics=False)
     except rundir.Busy:
         trial.set_user_attr("duplicate", True)
         raise Duplicate(f"trial {trial.number}: {run} is being trained by another process; nothing trained") from None
@@ -436,16 +433,20 @@ def record(trial, spec: Spec, history: list[dict], metrics: dict | None, run_dir
 # Workers
 
 def work(spec: Spec, study_dir: Path, storage_url: str | None, data_dir=None, device: str | None = None,
-         allow_download: bool = True, quiet: bool = False, threads: int | None = None) -> None:
-    """One worker: take trials until the study is done (waiting while others run trials that may fail)."""
+         allow_download: bool = True, quiet: bool = False, threads: int = 1) -> None:
+    """A worker process of --workers: its own connection to the storage and its share of the cores."""
     import torch
 
+    torch.set_num_threads(threads)
+    storage = open_storage(storage_url, study_dir, spec.heartbeat_seconds)
+    take_trials(open_study(spec, storage), storage, spec, study_dir, data_dir, device, allow_download, quiet)
+
+
+def take_trials(study, storage, spec: Spec, study_dir: Path, data_dir, device: str | None, allow_download: bool,
+                quiet: bool) -> None:
+    """Take trials until the study is done, waiting while others run trials that may yet fail."""
     from cifar_mlp.data import load_cifar10
 
-    if threads:
-        torch.set_num_threads(threads)
-    storage = open_storage(storage_url, study_dir, spec.heartbeat_seconds)
-    study = open_study(spec, storage)
     data = None
     while True:
         recover(study, storage)
@@ -492,13 +493,14 @@ def sweep(spec_path, study_dir, storage_url: str | None = None, workers: int = 1
     study_dir = Path(study_dir)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    open_study(spec, open_storage(storage_url, study_dir, spec.heartbeat_seconds))  # errors before any process
+    storage = open_storage(storage_url, study_dir, spec.heartbeat_seconds)
+    study = open_study(spec, storage)  # its errors come before any worker starts
     rundir.write_json({"spec": str(spec_path), "spec_text": spec.text, "n_trials": spec.n_trials,
                        "storage": masked(storage_url) if storage_url else None}, study_dir / RECORD)
-    args = (spec, study_dir, storage_url, data_dir, device, allow_download, quiet)
     if workers == 1:
-        work(*args)
+        take_trials(study, storage, spec, study_dir, data_dir, device, allow_download, quiet)
     else:
+        args = (spec, study_dir, storage_url, data_dir, device, allow_download, quiet)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         context = multiprocessing.get_context("spawn")
         processes = [context.Process(target=_worker_main, args=((*args, max(1, cores // workers)),))
@@ -518,4 +520,4 @@ def sweep(spec_path, study_dir, storage_url: str | None = None, workers: int = 1
         if failed:
             raise UserError(f"{len(failed)} of {workers} workers stopped with an error (above); rerun the same "
                             "command to finish the study")
-    return sweep_report.write_summary(study_dir, storage_url, spec)
+    return sweep_report.write_summary(study, spec, study_dir, storage_url)

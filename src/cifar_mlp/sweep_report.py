@@ -165,17 +165,9 @@ def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: st
     return blocks, rows
 
 
-def write_summary(study_dir, storage_url: str | None, spec: Spec, spec_path: str = "") -> Path:
+def write_summary(study, spec: Spec, study_dir, storage_url: str | None, spec_path: str = "") -> Path:
     """trials.csv, summary.md and summary.html of the study in study_dir; returns summary.md's path."""
-    import optuna
-
     study_dir = Path(study_dir)
-    storage = open_storage(storage_url, study_dir, spec.heartbeat_seconds)
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
-    except KeyError:
-        raise UserError(f"no study named {spec.name!r} in {storage_url or study_dir / JOURNAL}; run cifar-mlp sweep "
-                        "first") from None
     spec_path = spec_path or rundir.read_json(study_dir / RECORD, "cifar-mlp sweep").get("spec", "SPEC.toml")
     blocks, rows = build(study, spec, study_dir, storage_url and masked(storage_url), spec_path)
     header = list(rows[0]) if rows else ["number", "state"]
@@ -195,5 +187,13 @@ def rebuild(study_dir, storage_url: str | None = None) -> Path:
     if record["storage"] and not storage_url:
         raise UserError(f"the study in {study_dir} lives in {record['storage']}; give it again with --storage (the "
                         "password is not recorded)")
+    import optuna
+
     spec = parse_spec(record["spec_text"], f"the spec recorded in {study_dir / RECORD}", record.get("n_trials"))
-    return write_summary(study_dir, storage_url, spec, record["spec"])
+    storage = open_storage(storage_url, study_dir, spec.heartbeat_seconds)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study named {spec.name!r} in {storage_url or study_dir / JOURNAL}; run cifar-mlp sweep "
+                        "first") from None
+    return write_summary(study, spec, study_dir, storage_url, record["spec"])
