@@ -71,7 +71,7 @@ def time_epochs(cfg, split, device, epochs, variant="default") -> float:
     sync(device)
     start = time.perf_counter()
     for epoch in range(epochs):
-        loss_sum, _, _ = train_epoch(model, optimizer, loss_fn, split, cfg, shuffle, epoch + 2)
+        loss_sum, _, _, _ = train_epoch(model, optimizer, loss_fn, split, cfg, shuffle, epoch + 2)
     loss_sum.item()
     sync(device)
     return (time.perf_counter() - start) / epochs

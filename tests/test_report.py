@@ -160,3 +160,26 @@ def test_conclusions_flag_a_large_generalisation_gap(train_acc, memorised):
     assert ("memorised part of the training images" in text) == memorised
     assert f"train accuracy is {100 * train_acc:.1f}% against 60.0% on test" in text
     assert "60.0% ± 3.0 points" in text and "F1 from 0.400 (airplane) to 0.420 (bird)" in text
+
+
+def test_each_conclusion_quotes_the_claims_studys_verdict_on_the_seeds_answer(tmp_path):
+    from cifar_mlp.config import Config
+    from cifar_mlp.report import conclusions, published_claims, to_markdown
+
+    splits = {"validation": fake_split(0.61), "test": fake_split(0.60)}
+    diag = diagnose(history([2.0 - 0.01 * i for i in range(30)]))
+    assert "docs/claims/claims.md" in to_markdown(conclusions(diag, splits, Config()))
+    assert published_claims(tmp_path) is None
+    claims = {str(n): {"verdict": verdict} for n, verdict in
+              zip(range(1, 7), ["supported", "partly supported", "refuted", "partly supported", "supported",
+                                "refuted"], strict=True)}
+    (tmp_path / "verdicts.json").write_text(json.dumps({"budget": "full", "claims": claims}))
+    text = to_markdown(conclusions(diag, splits, Config(), published=published_claims(tmp_path)))
+    answers = [p for p in text.split("\n\n") if p.startswith("**")]
+    assert len(answers) == 4
+    for answer, numbers in zip(answers, ([1], [4], [3, 2], [5]), strict=True):
+        for n in numbers:
+            assert f"**{claims[str(n)]['verdict']}** (claim {n})" in answer
+    (tmp_path / "verdicts.json").write_text("{")
+    with pytest.raises(UserError, match="verdicts.json is damaged"):
+        published_claims(tmp_path)

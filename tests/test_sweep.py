@@ -265,3 +265,14 @@ def test_ctrl_c_stops_cleanly_and_leaves_the_trial_to_resume(synthetic_root, tmp
     sweep.recover(study, sweep.open_storage(None, study_dir, 10))  # what a rerun does first
     retry = [t for t in study_of(study_dir).trials if t.user_attrs.get("run") == "p000-s0"][-1]
     assert retry.state.name == "WAITING" and retry.system_attrs["failed_trial"] == 0
+
+
+def test_a_point_can_name_its_own_preset(tmp_path):
+    spec = sweep.parse_spec('[study]\nname = "p"\n[fixed]\n"train.epochs" = 6\n'
+                            '[points.fast]\npreset = "fast"\n[points.own]\n"optim.lr" = 0.5\n', "spec")
+    fast = sweep.point_config(spec, spec.points["fast"], 7)
+    assert fast.model.whitening == "project" and fast.train.epochs == 6 and fast.train.seed == 7
+    own = sweep.point_config(spec, spec.points["own"], 0)
+    assert own.model.widths == [512, 256, 128] and own.optim.lr == 0.5
+    with pytest.raises(UserError, match="no preset named 'nope'"):
+        sweep.parse_spec('[study]\nname = "p"\n[points.x]\npreset = "nope"\n', "spec")

@@ -292,8 +292,8 @@ def test_train_accuracy_under_mixup_counts_the_label_with_the_larger_share(tiny_
     monkeypatch.setattr(train, "mix", recording_mix)
     model = PredictsTheLargerShare()
     torch.manual_seed(0)
-    _, correct, _ = train.train_epoch(model, train.make_optimizer(model, cfg), torch.nn.CrossEntropyLoss(), split,
-                                      cfg, torch.Generator().manual_seed(0), epoch=1)
+    _, correct, _, _ = train.train_epoch(model, train.make_optimizer(model, cfg), torch.nn.CrossEntropyLoss(), split,
+                                         cfg, torch.Generator().manual_seed(0), epoch=1)
     assert correct.item() == len(split.labels)
 
 
@@ -351,3 +351,27 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_config, synthetic_root, tm
     assert "no native bf16" in capsys.readouterr().err
     run(tiny_config, tmp_path / "fp32", synthetic_root, overwrite=True)
     assert "bf16" not in capsys.readouterr().err
+
+
+def test_grad_norms_are_each_weight_layers_gradient_norm(tiny_config, synthetic_root, tmp_path):
+    """One step per epoch (a batch holds the whole split) and no dropout: epoch 1's norms are those of the
+    gradient of the loss on the whole train split at the initial weights, in any order of the images."""
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, dropout=0.0),
+                              train=dataclasses.replace(tiny_config.train, batch_size=1000, grad_norms=True))
+    history = run(cfg, tmp_path / "run", synthetic_root)
+    assert [k for k in history[0] if k.startswith(rundir.GRAD_NORM)] == ["grad_norm_1", "grad_norm_2", "grad_norm_3"]
+    assert read_history(tmp_path / "run") == history
+    splits = make_splits(load_cifar10(synthetic_root, allow_download=False), cfg.data.val_per_class,
+                         cfg.data.split_seed, torch.device("cpu"))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    nn.functional.cross_entropy(model(splits.train.images), splits.train.labels).backward()
+    expected = [m.weight.grad.norm().item() for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [history[0][f"grad_norm_{i}"] for i in (1, 2, 3)] == pytest.approx(expected, rel=1e-4)
+
+
+def test_at_a_constant_learning_rate_a_short_run_is_the_start_of_a_longer_one(tiny_config, synthetic_root, tmp_path):
+    """What the claims' learning-rate study rests on: it reads the grid's shorter cells from its longest runs."""
+    longer = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, epochs=6))
+    short, full = run(tiny_config, tmp_path / "short", synthetic_root), run(longer, tmp_path / "long", synthetic_root)
+    assert without_timing(full[:4]) == without_timing(short)

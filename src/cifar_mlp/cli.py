@@ -199,6 +199,21 @@ def cmd_sweep_report(args) -> None:
     print(f"summary: {summary} and {summary.with_suffix('.html')}; trials: {summary.parent / 'trials.csv'}")
 
 
+def cmd_claims(args) -> None:
+    from cifar_mlp.claims import claims
+
+    try:
+        path, found = claims(args.study_dir, args.budget, args.storage, args.workers, args.out, args.data_dir,
+                             args.device, not args.no_download, args.quiet)
+    except KeyboardInterrupt:
+        print("cifar-mlp: interrupted; rerun the same command to finish the studies (finished runs are kept, "
+              "interrupted ones resume from their last epoch)", file=sys.stderr)
+        sys.exit(130)
+    for f in found:
+        print(f"claim {f.number}: {f.verdict}")
+    print(f"report: {path} and {path.with_suffix('.html')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifar-mlp", description="Fully connected image classifiers for CIFAR-10.")
     parser.add_argument("--version", action="version", version=f"cifar-mlp {__version__}")
@@ -273,6 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir")
     p.add_argument("--storage", help="the database URL, for a study that is not in the folder's journal file")
     p.set_defaults(func=cmd_sweep_report)
+
+    p = sub.add_parser("claims", help="test each of the seed's conclusions by studies, with computed verdicts")
+    p.add_argument("--study-dir", required=True, help="folder for the studies (one sweep folder each), reused on rerun")
+    p.add_argument("--budget", choices=["small", "full"], default="small",
+                   help="small: about 25 minutes on 2 CPU cores, a preview; full: the published study, under 3 hours")
+    p.add_argument("--storage", help="a database URL shared by workers on many machines (see cifar-mlp sweep)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, sharing its cores")
+    p.add_argument("--out", help="folder for claims.md, claims.html and their figures (default: --study-dir)")
+    p.add_argument("--quiet", action="store_true", help="one line per trial, none per epoch")
+    add_data_args(p)
+    p.set_defaults(func=cmd_claims)
     return parser
 
 

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = False  # bf16 autocast of the forward and backward matmuls (CPUs with AVX512-BF16 or AMX, GPUs)
     tensorboard: bool = False  # also log to TensorBoard event files under RUN/tensorboard
+    grad_norms: bool = False  # add each weight layer's gradient norm (mean over the epoch's steps) to history.csv
 
 
 @dataclass

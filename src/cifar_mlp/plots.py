@@ -184,3 +184,72 @@ def plot_robustness(rows: list[dict], path: Path) -> None:
     fig.legend(loc="outside lower center", ncols=min(3, len(runs)), fontsize=8)
     fig.suptitle("Accuracy under transformed test images")
     _save(fig, path)
+
+
+def _mean_std(values) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _finish_lines(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, log: str = "") -> None:
+    """Labels, log axes ("x", "y" or both), grid and legend of a one-panel line chart, then save it."""
+    if "x" in log:
+        ax.set_xscale("log")
+    if "y" in log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_accuracy_time(points: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    """One marker per run: test accuracy against training seconds, a colour per preset."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for name, runs in points.items():
+        seconds, accuracy = zip(*runs, strict=True)
+        ax.scatter(seconds, accuracy, label=name, s=30)
+    _finish_lines(fig, ax, path, "training seconds (log scale)", "test accuracy",
+                  "Test accuracy against training time, every run", log="x")
+
+
+def plot_depth(curves: dict[str, dict[int, list[float]]], path: Path) -> None:
+    """Test accuracy (mean ± std over seeds) against the number of hidden layers, one line per variant."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for variant, by_depth in curves.items():
+        depths = sorted(by_depth)
+        means, stds = zip(*(_mean_std(by_depth[d]) for d in depths), strict=True)
+        ax.errorbar(depths, means, yerr=stds, marker="o", capsize=3, label=variant)
+    _finish_lines(fig, ax, path, "hidden layers", "test accuracy", "Depth (mean ± std over seeds)")
+
+
+def plot_gradient_norms(norms: dict[str, list[float]], path: Path) -> None:
+    """Each weight layer's gradient norm (log scale), from the input layer to the head, one line per run group."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for label, values in norms.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    _finish_lines(fig, ax, path, "weight layer (1 = first hidden layer; the last is the output layer)",
+                  "gradient norm, mean over the epochs' steps", "Gradient norm per layer", log="y")
+
+
+def plot_learning_rates(curves: dict[str, list[list[float]]], path: Path) -> None:
+    """Validation accuracy per epoch (log scale), mean over seeds, one line per learning rate."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for label, runs in curves.items():
+        length = min(map(len, runs))
+        ax.plot(range(1, length + 1), np.mean([r[:length] for r in runs], axis=0), label=label)
+    _finish_lines(fig, ax, path, "epoch (log scale)", "validation accuracy",
+                  "The seed's recipe at constant learning rates", log="x")
+
+
+def plot_ablation(points: dict[str, list[float]], path: Path) -> None:
+    """Test accuracy (mean ± std over seeds) of each point of the ablation, in order."""
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    means, stds = zip(*(_mean_std(v) for v in points.values()), strict=True)
+    ax.bar(range(len(points)), means, yerr=stds, capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(points)), list(points), rotation=20, ha="right")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title("One change at a time, from the seed's recipe")
+    _save(fig, path)

@@ -25,6 +25,12 @@ IMPROVING_SLOPE = -0.001  # validation loss still falling faster than 0.1% of it
 RISE_TOLERANCE = 0.02  # final validation loss 2% or more above its minimum, with training loss still falling: overfit
 GAP_THRESHOLD = 0.10  # train accuracy (eval mode) this far above held-out accuracy: a generalisation gap
 SEED_FIGURES = {"accuracy": 0.50, "recall": (0.32, 0.65), "f1": (0.36, 0.63)}  # what "Exercise 5" reports for test
+PUBLISHED_CLAIMS = Path(__file__).resolve().parents[2] / "docs" / "claims"  # `cifar-mlp claims --out` in a checkout
+CLAIM_TOPICS = {1: "the MLP is \"worse than the convolutional models\"",
+                2: "\"more layers don't improve the model\", for \"a poor propagation of the gradient\"",
+                3: "\"the only reasonable way to improve the model is to add more epochs\"",
+                4: "there is \"no notable overfitting\" at 80 epochs, nor with more epochs",
+                5: "the MLP \"will generalize bad to new data\" such as rotated images, where a CNN would not"}
 
 
 @dataclass
@@ -50,8 +56,8 @@ def diagnose(history: list[dict], schedule: str = "none") -> Diagnosis:
     window = min(epochs, max(3, math.ceil(TREND_FRACTION * epochs)))
     tail = val[-window:]
     slope = np.polyfit(np.arange(window), tail, 1)[0] if window >= 2 else 0.0
-    relative_slope = float(slope / tail.mean())
-    rise = float(val[-1] / val[best] - 1)
+    relative_slope = float(slope / tail.mean()) if tail.mean() > 0 else 0.0  # a loss of exactly 0: memorised
+    rise = float(val[-1] / val[best] - 1) if val[best] > 0 else 0.0
     train_falling = bool(train[-1] < train[best])
     last = history[-1]
     loss_gap, acc_gap = last["val_loss"] - last["train_loss"], last["train_acc"] - last["val_acc"]
@@ -203,7 +209,7 @@ def build(run_dir: Path) -> list[tuple]:
                    ("img", f"calibration_{s}.png", f"{s} reliability diagram")]
     if test:
         blocks.append(("img", "misclassified_test.png", "most confidently wrong test images"))
-    blocks += conclusions(diag, splits, cfg, run["robustness"])
+    blocks += conclusions(diag, splits, cfg, run["robustness"], published_claims())
     if test:
         blocks += seed_comparison(test)
     return blocks
@@ -220,8 +226,31 @@ def ensemble_gain(held_out: dict, name: str) -> str:
             "mean.")
 
 
-def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = None) -> list[tuple]:
-    """Answers to the seed's four questions, each resting on a measured figure."""
+def published_claims(folder: Path = PUBLISHED_CLAIMS) -> dict | None:
+    """The verdicts of the claims study published with the repository, if this is a checkout that has them."""
+    path = Path(folder) / "verdicts.json"
+    if not path.is_file():
+        return None
+    return rundir.read_json(path, f"cifar-mlp claims --budget full --out {folder}", ("budget", "claims"))
+
+
+def across_runs(numbers: list[int], published: dict | None) -> str:
+    """A sentence quoting the claims study's verdicts on the seed's own answer to a question."""
+    if not published:
+        return (" Across runs, the seed's answer (that " + " and that ".join(CLAIM_TOPICS[n] for n in numbers)
+                + ") is tested by `cifar-mlp claims`, whose verdicts the repository publishes in "
+                "docs/claims/claims.md.")
+    link = f"[docs/claims/claims.md]({(PUBLISHED_CLAIMS / 'claims.md').as_uri()})"
+    verdicts = "; ".join(f"that {CLAIM_TOPICS[n]}: **{published['claims'][str(n)]['verdict']}** (claim {n})"
+                         for n in numbers if str(n) in published["claims"])
+    return (f" Across runs, the claims study ({link}, {published['budget']} budget) tested the seed's answer: "
+            f"{verdicts}.")
+
+
+def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = None,
+                published: dict | None = None) -> list[tuple]:
+    """Answers to the seed's four questions, each resting on a measured figure, then the claims study's verdict
+    on the seed's own answer."""
     blocks = [("h2", "Conclusions")]
     held_out = splits.get("test") or splits.get("validation")
     name = "test" if "test" in splits else "validation"
@@ -237,7 +266,7 @@ def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = No
               f"(chance: 10%), and the right class is among its top two in {pct(held_out['top2_accuracy'])}. "
               f"Quality differs by class: F1 from {f1[worst]:.3f} ({worst}) to {f1[best]:.3f} ({best})."
               + (f" Its largest confusion is {pair['true']} predicted as {pair['predicted']} ({pair['count']} "
-                 "images)." if pair else "") + ensemble_gain(held_out, name)),
+                 "images)." if pair else "") + ensemble_gain(held_out, name) + across_runs([1], published)),
     ]
     train = splits.get("train")
     gap = (f" On the evaluated splits, train accuracy is {pct(train['accuracy'])} against {pct(held_out['accuracy'])}"
@@ -248,7 +277,8 @@ def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = No
                 "training images (overfitting in the sense of generalisation), even where the validation loss did "
                 "not rise.")
     blocks.append(("p", f"**Is there overfitting, underfitting or another issue?** {diag.sentence}{gap} "
-                        f"Calibration: expected calibration error {held_out['ece']:.4f} on {name}."))
+                        f"Calibration: expected calibration error {held_out['ece']:.4f} on {name}."
+                        + across_runs([4], published)))
     if diag.verdict == "underfitting" and cfg.optim.schedule == "none":
         advice = (f"The validation loss was still falling ({100 * diag.relative_slope:+.2f}% per epoch at the end), "
                   f"so the cheapest improvement is more epochs or a larger learning rate (this run used "
@@ -265,7 +295,8 @@ def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = No
         advice = ("The validation loss has flattened, so more epochs of this recipe will not help; a different "
                   "recipe (learning-rate schedule, width, regularisation, augmentation) is needed.")
     blocks.append(("p", f"**How can the model be improved?** {advice} Which alternative helps most is not measured "
-                        "by this run: train the alternatives and compare them with `cifar-mlp compare`."))
+                        "by this run: train the alternatives and compare them with `cifar-mlp compare`."
+                        + across_runs([3, 2], published)))
     se = math.sqrt(held_out["accuracy"] * (1 - held_out["accuracy"]) / held_out["n"])
     text = (f"**How will it generalise to new data?** For new images from the same distribution, expect "
             f"{pct(held_out['accuracy'])} ± {100 * 1.96 * se:.1f} points (95% binomial interval over "
@@ -290,7 +321,7 @@ def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = No
     else:
         text += (". Accuracy on other kinds of change (rotation, other cameras, other datasets) was not measured "
                  "by this run (`cifar-mlp robustness` measures rotations, shifts and corruptions).")
-    blocks.append(("p", text))
+    blocks.append(("p", text + across_runs([5], published)))
     return blocks
 
 

@@ -135,6 +135,14 @@ def summarise(rows: list[dict]) -> dict:
             "strongest": strongest}
 
 
+def measure(run_dir, data, transforms: list[str], device) -> tuple[list[dict], dict]:
+    """One run's curves and summary, also written to its robustness.json (which its report quotes)."""
+    curves = run_curves(Path(run_dir), data, transforms, device)
+    summary = summarise(curves)
+    rundir.write_json({"transforms": curves, "summary": summary}, Path(run_dir) / rundir.ROBUSTNESS)
+    return curves, summary
+
+
 def robustness(run_dirs: list, out, transforms: list[str] | None = None, data_dir=None, device: str = "auto",
                allow_download: bool = True) -> tuple[list[dict], dict]:
     """Every run's curves into out/robustness.csv, .png and .md, and each run's own figures into its
@@ -153,11 +161,8 @@ def robustness(run_dirs: list, out, transforms: list[str] | None = None, data_di
     data = load_cifar10(data_dir, allow_download)
     rows, summaries = [], {}
     for run_dir in run_dirs:
-        curves = run_curves(run_dir, data, transforms, device)
+        curves, summaries[str(run_dir)] = measure(run_dir, data, transforms, device)
         rows += [{"run": str(run_dir), **r} for r in curves]
-        summaries[str(run_dir)] = summarise(curves)
-        rundir.write_json({"transforms": curves, "summary": summaries[str(run_dir)]},
-                          Path(run_dir) / rundir.ROBUSTNESS)
     out = Path(out)
     rundir.write_csv(out / "robustness.csv", ["run", "transform", "strength", "accuracy", "n"],
                      [[r["run"], r["transform"], r["strength"], f"{r['accuracy']:.4f}", r["n"]] for r in rows])

@@ -27,6 +27,7 @@ CONFIG, ENVIRONMENT, HISTORY, METRICS = "config.json", "environment.json", "hist
 ROBUSTNESS = "robustness.json"  # written by cifar-mlp robustness, read by the report
 LOCK = ".lock"
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
+GRAD_NORM = "grad_norm_"  # history.csv's optional columns grad_norm_1, ...: one per weight layer, input to output
 TEMPORARY = ".*.tmp*"  # the names write_bytes gives its temporary files
 
 
@@ -81,7 +82,13 @@ def write_csv(path, header, rows) -> None:
 
 
 def write_history(rows: list[dict], path) -> None:
-    write_csv(path, HISTORY_FIELDS, [[row[k] for k in HISTORY_FIELDS] for row in rows])
+    fields = history_fields(rows[0]) if rows else HISTORY_FIELDS
+    write_csv(path, fields, [[row[k] for k in fields] for row in rows])
+
+
+def history_fields(row: dict) -> tuple[str, ...]:
+    """The fixed columns, then a run's gradient-norm columns (train.grad_norms) in layer order."""
+    return HISTORY_FIELDS + tuple(k for k in row if k.startswith(GRAD_NORM))
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -150,7 +157,7 @@ def read_history(run_dir) -> list[dict]:
     history = []
     for number, row in enumerate(rows, start=1):
         try:
-            parsed = {k: (int(row[k]) if k == "epoch" else float(row[k])) for k in HISTORY_FIELDS}
+            parsed = {k: (int(row[k]) if k == "epoch" else float(row[k])) for k in history_fields(row)}
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{path} is damaged (row {number} is incomplete or not numeric); write it again with "
                             f"{fix}") from None

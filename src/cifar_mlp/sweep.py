@@ -55,7 +55,8 @@ class Spec:
     n_trials: int
     fixed: dict
     space: dict  # key -> list of values (categorical) or {low, high, log, step}
-    points: dict = field(default_factory=dict)  # name -> {key: value}: named points, a grid's first axis
+    points: dict = field(default_factory=dict)  # name -> {key: value}: named points, a grid's first axis; a
+    # point's `preset` key (a preset name or TOML path) replaces study.base for that point
     pruner_warmup_epochs: int = 0  # epochs before the pruner may stop a trial
     pruner_startup_trials: int = 5  # median: trials that finish before it prunes any
     heartbeat_seconds: int = 10  # database storages: a trial silent for 3 heartbeats is failed and retried
@@ -153,10 +154,9 @@ def check_spec(spec: Spec, where: str) -> None:
             raise UserError(f"{where}: space key {key} must be a list of values or {{low, high, log, step}}")
     if spec.points and spec.sampler != "grid":
         raise UserError(f"{where}: [points] go with sampler = \"grid\"")
-    base = config.read_toml(spec.base)
     for point in corner_points(spec):
         try:
-            config.with_values(base, {**spec.fixed, **point, "train.seed": spec.seeds[0]})
+            point_config(spec, point, spec.seeds[0])
         except UserError as e:
             raise UserError(f"{where}: the point {json.dumps(point)} is not a valid run config: {e}") from None
 
@@ -168,6 +168,17 @@ def check_space_range(where: str, key: str, r: dict) -> None:
     if unknown or not numbers or not low < high or (r.get("log") and low <= 0):
         raise UserError(f"{where}: space key {key} needs finite numbers low < high (low > 0 with log), and only "
                         f"low, high, log, step; got {r!r}")
+
+
+def point_config(spec: Spec, values: dict, seed: int, device: str | None = None) -> config.Config:
+    """The run config of a point: its preset (the point's `preset` key, else study.base), the spec's fixed
+    overrides, the point's values, the seed."""
+    values = dict(values)
+    base = values.pop("preset", spec.base)
+    if not isinstance(base, str):
+        raise UserError(f"a point's preset must be a preset name or a TOML path, got {base!r}")
+    return config.with_values(config.read_toml(base), {**spec.fixed, **values, "train.seed": seed,
+                                                       **({"train.device": device} if device else {})})
 
 
 def range_is_int(r: dict) -> bool:
@@ -371,8 +382,7 @@ def run_trial(trial, spec: Spec, study_dir: Path, data, device: str, quiet: bool
         for other in spec.seeds[1:]:
             trial.study.enqueue_trial(dict(trial.params), user_attrs={"run": f"t{trial.number:04d}-s{other}",
                                                                      "seed": other})
-    cfg = config.with_values(config.read_toml(spec.base), {**spec.fixed, **values, "train.seed": seed,
-                                                           **({"train.device": device} if device else {})})
+    cfg = point_config(spec, values, seed, device)
     run_dir = study_dir / "runs" / run
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     history = rundir.read_history(run_dir) if resume and (run_dir / rundir.HISTORY).is_file() else []

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar_mlp import UserError
-from cifar_mlp.rundir import HISTORY_FIELDS
+from cifar_mlp.rundir import history_fields
 
 
 def require() -> None:
@@ -38,7 +38,7 @@ class TrainingLog:
 
     def epoch(self, row: dict) -> None:
         step = row["epoch"] * self.steps_per_epoch - 1
-        for key in HISTORY_FIELDS:
+        for key in history_fields(row):
             self.writer.add_scalar(f"epoch/{key}", row[key], step)
         self.writer.flush()
 

@@ -129,7 +129,8 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool)
 
 def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None):
     """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
-    tensors (so that the host waits for the device once per epoch, not once per step) and each step's lr.
+    tensors (so that the host waits for the device once per epoch, not once per step), each step's lr, and
+    (train.grad_norms) each weight layer's gradient norm summed over the steps, else None.
     With mixup/cutmix the loss is against the blended labels, the accuracy against the label with the larger
     share of each blended image."""
     model.train()
@@ -141,6 +142,8 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     correct = torch.zeros((), device=device, dtype=torch.long)
     buffer = split.images.new_empty((min(n, cfg.train.batch_size + 1), *split.images.shape[1:]))  # no page faults
     lrs = []
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    grad_norm_sum = torch.zeros(len(weights), device=device) if cfg.train.grad_norms else None
     for i, idx in enumerate(batch_indices(n, cfg.train.batch_size, shuffle, device)):
         lr = cfg.optim.lr * lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps, cfg.optim.schedule)
         for group in optimizer.param_groups:
@@ -156,6 +159,8 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         logits, loss = forward_loss(model, loss_fn, x, target, cfg.train.bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_norm_sum is not None:  # of the loss's own gradient, before SAM or clipping change it
+            grad_norm_sum += torch.stack([w.grad.norm() for w in weights])
         if cfg.optim.sam_rho:
             sharpness_aware_gradients(model, loss_fn, x, target, cfg.optim.sam_rho, cfg.train.bf16)
         if cfg.optim.grad_clip:
@@ -165,7 +170,7 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
             ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
-    return loss_sum, correct, lrs
+    return loss_sum, correct, lrs, grad_norm_sum
 
 
 def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resume: bool = False,
@@ -232,7 +237,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
     try:
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
             start = time.perf_counter()
-            loss_sum, correct, lrs = train_epoch(model, optimizer, loss_fn, splits.train, cfg, shuffle, epoch, ema)
+            loss_sum, correct, lrs, grad_norm_sum = train_epoch(model, optimizer, loss_fn, splits.train, cfg, shuffle,
+                                                                epoch, ema)
             val_logits = predict_logits(evaluated, splits.validation.images)
             val_loss = loss_fn(val_logits, splits.validation.labels).item()
             val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
@@ -244,6 +250,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
                                 "lower the learning rate (--lr) or enable gradient clipping (--set optim.grad_clip=1)")
             row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / n, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": lrs[-1], "epoch_time_s": seconds, "samples_per_s": n / seconds}
+            if grad_norm_sum is not None:
+                row |= {f"{rundir.GRAD_NORM}{i + 1}": norm / len(lrs) for i, norm in enumerate(grad_norm_sum.tolist())}
             history.append(row)
             if board:  # logged and flushed before the checkpoint: a resume purges what follows it
                 board.steps(epoch, lrs)
