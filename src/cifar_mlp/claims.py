@@ -68,7 +68,8 @@ def load_study(study_dir: Path) -> dict[str, list[verdicts.Run]]:
             run = verdicts.Run(point=run_dir.name.rsplit("-s", 1)[0], seed=int(row["seed"]),
                                val_acc=float(row["val_acc"]), test_acc=float(row["test_acc"]),
                                train_seconds=float(row["train_seconds"]), history=rundir.read_history(run_dir),
-                               metrics=rundir.read_metrics(run_dir), robustness=rundir.read_robustness(run_dir))
+                               metrics=rundir.read_metrics(run_dir), robustness=rundir.read_robustness(run_dir),
+                               run_dir=run_dir)
         except (KeyError, ValueError):
             raise UserError(f"{path} is damaged (trial {row.get('number')}); rebuild it with cifar-mlp sweep-report "
                             f"{study_dir}") from None
@@ -76,7 +77,7 @@ def load_study(study_dir: Path) -> dict[str, list[verdicts.Run]]:
     return points
 
 
-def measure_robustness(study_dir: Path, evidence: dict, budget: str, data_dir, device: str | None,
+def measure_robustness(evidence: dict, budget: str, data_dir, device: str | None,
                        allow_download: bool) -> None:
     """Robustness curves of the presets' runs that lack the budget's transform families."""
     from cifar_mlp import robustness
@@ -91,8 +92,7 @@ def measure_robustness(study_dir: Path, evidence: dict, budget: str, data_dir, d
                 if set(families) <= have:
                     continue
                 data = data or load_cifar10(data_dir, allow_download)
-                run_dir = study_dir / study / "runs" / f"{run.point}-s{run.seed}"
-                curves, summary = robustness.measure(run_dir, data, families, resolve_device(device or "auto"))
+                curves, summary = robustness.measure(run.run_dir, data, families, resolve_device(device or "auto"))
                 run.robustness = {"transforms": curves, "summary": summary}
 
 
@@ -104,9 +104,9 @@ def findings(evidence: dict) -> list[verdicts.Finding]:
             verdicts.claim_robustness(presets), verdicts.claim_figures(presets.get("seed", []))]
 
 
-def machines(study_dir: Path, evidence: dict) -> list[str]:
-    return sorted({machine_line(rundir.read_environment(study_dir / study / "runs" / f"{r.point}-s{r.seed}"))
-                   for study, points in evidence.items() for runs in points.values() for r in runs})
+def machines(evidence: dict) -> list[str]:
+    return sorted({machine_line(rundir.read_environment(r.run_dir))
+                   for points in evidence.values() for runs in points.values() for r in runs})
 
 
 def training_seconds(evidence: dict) -> float:
@@ -156,7 +156,7 @@ def claims(study_dir, budget: str = "small", storage_url: str | None = None, wor
         for name, path in specs.items():
             sweep.sweep(path, study_dir / name, storage_url, workers, None, data_dir, device, allow_download, quiet)
         evidence = {name: load_study(study_dir / name) for name in specs}
-        measure_robustness(study_dir, evidence, budget, data_dir, device, allow_download)
+        measure_robustness(evidence, budget, data_dir, device, allow_download)
     finally:
         record["seconds"] += time.perf_counter() - start
         rundir.write_json(record, study_dir / RECORD)
@@ -167,7 +167,7 @@ def claims(study_dir, budget: str = "small", storage_url: str | None = None, wor
     command = (f"cifar-mlp claims --study-dir {study_dir} --budget {budget}"
                + (f" --storage {sweep.masked(storage_url)}" if storage_url else "")
                + (f" --out {out}" if out != study_dir else ""))
-    text = to_markdown(build(found, budget, record["seconds"], evidence, machines(study_dir, evidence), command))
+    text = to_markdown(build(found, budget, record["seconds"], evidence, machines(evidence), command))
     rundir.write_text(out / "claims.md", text)
     rundir.write_text(out / "claims.html", to_html(text, out, "The seed's claims, tested"))
     rundir.write_json({"budget": budget, "claims": {str(f.number): {

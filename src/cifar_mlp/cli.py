@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("claims", help="test each of the seed's conclusions by studies, with computed verdicts")
     p.add_argument("--study-dir", required=True, help="folder for the studies (one sweep folder each), reused on rerun")
     p.add_argument("--budget", choices=["small", "full"], default="small",
-                   help="small: about 25 minutes on 2 CPU cores, a preview; full: the published study, under 3 hours")
+                   help="small: 24 minutes on 2 CPU cores (measured), a preview; full: sized for 3 hours")
     p.add_argument("--storage", help="a database URL shared by workers on many machines (see cifar-mlp sweep)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, sharing its cores")
     p.add_argument("--out", help="folder for claims.md, claims.html and their figures (default: --study-dir)")

@@ -13,6 +13,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SUPPORTED, REFUTED, PARTLY, UNTESTABLE = "supported", "refuted", "partly supported", "not testable"
 FALLBACK_STD = 0.005  # the standard deviation given to a single run's figure (accuracies are fractions)
@@ -67,6 +68,7 @@ class Run:
     history: list[dict]
     metrics: dict
     robustness: dict | None = None
+    run_dir: Path | None = None
 
 
 @dataclass
@@ -402,18 +404,19 @@ def claim_figures(seed_runs: list[Run]) -> Finding:
     recall_low, recall_high = per_class("recall", min), per_class("recall", max)
     f1_low, f1_high = per_class("f1-score", min), per_class("f1-score", max)
 
-    def near(values, target, tolerance):
-        return SUPPORTED if abs(statistics.fmean(values) - target) <= tolerance else REFUTED
+    def near(values, target, tolerance) -> bool:
+        return abs(statistics.fmean(values) - target) <= tolerance
 
-    def spans(low, high, a, b):
-        return SUPPORTED if near(low, a, RANGE_ENDS) == near(high, b, RANGE_ENDS) == SUPPORTED else REFUTED
+    def verdict(holds: bool) -> str:
+        return SUPPORTED if holds else REFUTED
 
-    parts = [Part(f"Test accuracy around 50%: {pm(acc)}%.", near(acc, 0.50, ABOUT)),
+    parts = [Part(f"Test accuracy around 50%: {pm(acc)}%.", verdict(near(acc, 0.50, ABOUT))),
              Part(f"Precision of the best class under 63%: {pm(precision)}%.",
-                  SUPPORTED if statistics.fmean(precision) < 0.63 else REFUTED),
+                  verdict(statistics.fmean(precision) < 0.63)),
              Part(f"Recall between 32% and 65%: {pm(recall_low)}% to {pm(recall_high)}%.",
-                  spans(recall_low, recall_high, 0.32, 0.65)),
-             Part(f"F1 between 36% and 63%: {pm(f1_low)}% to {pm(f1_high)}%.", spans(f1_low, f1_high, 0.36, 0.63))]
+                  verdict(near(recall_low, 0.32, RANGE_ENDS) and near(recall_high, 0.65, RANGE_ENDS))),
+             Part(f"F1 between 36% and 63%: {pm(f1_low)}% to {pm(f1_high)}%.",
+                  verdict(near(f1_low, 0.36, RANGE_ENDS) and near(f1_high, 0.63, RANGE_ENDS)))]
     rows = [["test accuracy", "around 50%", pm(acc)], ["precision, best class", "under 63%", pm(precision)],
             ["recall, lowest to highest class", "32%-65%", f"{pm(recall_low)} to {pm(recall_high)}"],
             ["F1, lowest to highest class", "36%-63%", f"{pm(f1_low)} to {pm(f1_high)}"]]
