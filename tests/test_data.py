@@ -99,6 +99,19 @@ def test_augment_flip_and_crop_are_shifts_and_mirrors():
         assert any(torch.equal(a[:, dy : dy + 32, dx : dx + 32], b) for dy in range(9) for dx in range(9))
 
 
+def test_translate_bounds_the_shift():
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, 32, 32)
+    shifted = augment(x, ["crop"], translate=1)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    offsets = set()
+    for a, b in zip(padded, shifted, strict=True):
+        found = [(dy, dx) for dy in range(3) for dx in range(3) if torch.equal(a[:, dy : dy + 32, dx : dx + 32], b)]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert len(offsets) == 9  # every shift of at most one pixel occurs, none larger
+
+
 def test_mixup_blends_each_image_with_its_neighbour_in_the_label_proportion():
     torch.manual_seed(0)
     x, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 10

@@ -80,6 +80,10 @@ def test_a_grid_runs_every_point_once_per_seed_and_a_rerun_trains_nothing(synthe
     (study_dir / "summary.md").unlink()
     sweep_report.rebuild(study_dir)
     assert (study_dir / "summary.md").read_text() == text
+    published = sweep_report.rebuild(study_dir, out=tmp_path / "docs")  # a summary published elsewhere
+    assert (tmp_path / "docs" / "trials.csv").read_text() == (study_dir / "trials.csv").read_text()
+    assert (tmp_path / "docs" / "effects.png").is_file() and f"--out {tmp_path / 'docs'}" in published.read_text()
+    assert published.read_text().replace(f" --out {tmp_path / 'docs'}", "") == text
 
 
 def test_two_workers_split_a_grid(synthetic_root, tmp_path):

@@ -18,6 +18,7 @@ class DataConfig:
     val_per_class: int = 500
     split_seed: int = 0
     augment: list[str] = field(default_factory=list)  # any of "flip", "crop"; applied on the device per batch
+    translate: int = 4  # "crop": the largest shift in pixels, each way (a crop of the image padded by this much)
     mix: str = "none"  # none | mixup | cutmix: blend pairs of training images and their labels, per batch
     mix_alpha: float = 1.0  # the mixing ratio is drawn from Beta(mix_alpha, mix_alpha)
 
@@ -132,6 +133,7 @@ RANGES = {
     "data.val_per_class": (1, 10**6, True, True),
     "data.split_seed": (0, SEED_MAX, True, True),
     "data.mix_alpha": (0, 1e6, False, True),
+    "data.translate": (1, 16, True, True),
     "model.widths": (1, 2**31 - 1, True, True),
     "model.dropout": (0, 1, True, False),
     "model.input_dropout": (0, 1, True, False),

@@ -259,10 +259,10 @@ def augment_table(flip: bool, crop: bool, device: torch.device, pad: int = 4) ->
     return torch.stack(tables).to(device)
 
 
-def augment(x: torch.Tensor, kinds: list[str]) -> torch.Tensor:
-    """Batched augmentation on the device: random horizontal flip ("flip") and random translation by up to 4
-    pixels with zero fill, i.e. a random crop of the 4-pixel-padded image ("crop"), in a single gather."""
-    table = augment_table("flip" in kinds, "crop" in kinds, x.device)
+def augment(x: torch.Tensor, kinds: list[str], translate: int = 4) -> torch.Tensor:
+    """Batched augmentation on the device: random horizontal flip ("flip") and random translation by up to
+    `translate` pixels each way with zero fill, i.e. a random crop of the padded image ("crop"), in one gather."""
+    table = augment_table("flip" in kinds, "crop" in kinds, x.device, translate)
     choice = torch.randint(len(table), (len(x),), device=x.device)
     flat = torch.nn.functional.pad(x.flatten(1), (0, 1))
     return flat.gather(1, table[choice]).view_as(x)

@@ -90,7 +90,8 @@ def pct(x: float) -> str:
 
 def augmentations(cfg) -> list[str]:
     mixing = [f"{cfg.data.mix} (alpha {cfg.data.mix_alpha})"] if cfg.data.mix != "none" else []
-    return [*cfg.data.augment, *mixing]
+    shifts = {"crop": f"translations by up to {cfg.data.translate} pixels"}
+    return [*(shifts.get(kind, kind) for kind in cfg.data.augment), *mixing]
 
 
 def input_map(cfg) -> str:

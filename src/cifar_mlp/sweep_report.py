@@ -93,7 +93,7 @@ def machines(rows: list[dict]) -> list[str]:
     return sorted(found)
 
 
-def optuna_figures(study, spec: Spec, study_dir: Path) -> list[tuple]:
+def optuna_figures(study, spec: Spec, out: Path) -> list[tuple]:
     """Optuna's own optimisation history and parameter importances, for the samplers that choose points."""
     from optuna.visualization import matplotlib as optuna_plots
 
@@ -105,7 +105,7 @@ def optuna_figures(study, spec: Spec, study_dir: Path) -> list[tuple]:
                                 ("param_importances.png", optuna_plots.plot_param_importances,
                                  "each parameter's importance for the objective (fANOVA)")):
             try:
-                plots.save_axes(draw(study), study_dir / name)
+                plots.save_axes(draw(study), out / name)
             except (ValueError, RuntimeError, ZeroDivisionError) as e:
                 blocks.append(("p", f"{alt.capitalize()}: not drawn ({e})."))
                 continue
@@ -113,7 +113,8 @@ def optuna_figures(study, spec: Spec, study_dir: Path) -> list[tuple]:
     return blocks
 
 
-def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: str) -> tuple[list, list[dict]]:
+def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: str,
+          out: Path) -> tuple[list, list[dict]]:
     rows = trial_rows(study, spec)
     states = {}
     for row in rows:
@@ -144,14 +145,14 @@ def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: st
         blocks.append(("p", "No trial has completed yet."))
     effect = effects(rows, spec)
     if effect:
-        plots.plot_effects(effect, spec.objective, study_dir / "effects.png")
+        plots.plot_effects(effect, spec.objective, out / "effects.png")
         blocks.append(("h2", "Effect of each swept key"))
         for key, cells in effect.items():
             blocks.append(table([key, f"{spec.objective} (mean ± std)", "trials"],
                                 [[label, fmt(m, s, percent), n] for label, m, s, n in cells]))
         blocks.append(("img", "effects.png", "the objective at each value of each swept key"))
     if spec.sampler != "grid" and points:
-        blocks += [("h2", "Optimisation"), *optuna_figures(study, spec, study_dir)]
+        blocks += [("h2", "Optimisation"), *optuna_figures(study, spec, out)]
     pruned = [r for r in rows if r["state"] == "PRUNED"]
     if pruned:
         blocks.append(("p", f"{len(pruned)} trial(s) were pruned; their run directories are kept: "
@@ -161,26 +162,30 @@ def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: st
     blocks += [("h2", "Reproduce"),
                ("p", "Machines: " + ("; ".join(machines(rows)) or "none recorded") + "."),
                ("p", f"Command: `{command}` (a finished study prints this summary and trains nothing); "
-                     f"`cifar-mlp sweep-report {study_dir}` rebuilds it from the storage.")]
+                     f"`cifar-mlp sweep-report {study_dir}" + (f" --out {out}" if out != study_dir else "")
+                     + "` rebuilds it from the storage.")]
     return blocks, rows
 
 
-def write_summary(study, spec: Spec, study_dir, storage_url: str | None, spec_path: str = "") -> Path:
-    """trials.csv, summary.md and summary.html of the study in study_dir; returns summary.md's path."""
+def write_summary(study, spec: Spec, study_dir, storage_url: str | None, spec_path: str = "", out=None) -> Path:
+    """trials.csv, summary.md, summary.html and their figures of the study in study_dir, written into out (default:
+    study_dir; docs/ publishes a study this way); returns summary.md's path."""
     study_dir = Path(study_dir)
+    out = Path(out or study_dir)
     spec_path = spec_path or rundir.read_json(study_dir / RECORD, "cifar-mlp sweep").get("spec", "SPEC.toml")
-    blocks, rows = build(study, spec, study_dir, storage_url and masked(storage_url), spec_path)
+    blocks, rows = build(study, spec, study_dir, storage_url and masked(storage_url), spec_path, out)
     header = list(rows[0]) if rows else ["number", "state"]
-    rundir.write_csv(study_dir / "trials.csv", header,
+    rundir.write_csv(out / "trials.csv", header,
                      [[json.dumps(v) if isinstance(v, list) else v for v in r.values()] for r in rows])
     text = to_markdown(blocks)
-    rundir.write_text(study_dir / "summary.md", text)
-    rundir.write_text(study_dir / "summary.html", to_html(text, study_dir, blocks[0][1]))
-    return study_dir / "summary.md"
+    rundir.write_text(out / "summary.md", text)
+    rundir.write_text(out / "summary.html", to_html(text, out, blocks[0][1]))
+    return out / "summary.md"
 
 
-def rebuild(study_dir, storage_url: str | None = None) -> Path:
-    """`cifar-mlp sweep-report DIR`: the summary again, from the spec recorded in DIR and the storage."""
+def rebuild(study_dir, storage_url: str | None = None, out=None) -> Path:
+    """`cifar-mlp sweep-report DIR [--out FOLDER]`: the summary again, from the spec recorded in DIR and the
+    storage."""
     study_dir = Path(study_dir)
     record = rundir.read_json(study_dir / RECORD, f"`cifar-mlp sweep SPEC --study-dir {study_dir}`",
                               ("spec", "spec_text", "storage"))
@@ -196,4 +201,4 @@ def rebuild(study_dir, storage_url: str | None = None) -> Path:
     except KeyError:
         raise UserError(f"no study named {spec.name!r} in {storage_url or study_dir / JOURNAL}; run cifar-mlp sweep "
                         "first") from None
-    return write_summary(study, spec, study_dir, storage_url, record["spec"])
+    return write_summary(study, spec, study_dir, storage_url, record["spec"], out)
