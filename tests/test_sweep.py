@@ -159,6 +159,9 @@ def test_tpe_samples_ranges_and_trains_each_point_once_per_seed(synthetic_root, 
         points.setdefault((t.params["optim.lr"], t.params["model.widths"]), set()).add(t.user_attrs["seed"])
     assert len(points) == 3 and all(seeds == {0, 1} for seeds in points.values())
     assert (study_dir / "optimization_history.png").is_file()
+    summary = (study_dir / "summary.md").read_text()
+    for lr, _ in points:  # the table rounds sampled floats; trials.csv keeps them exact
+        assert f"| {lr:.4g} |" in summary and repr(lr) in (study_dir / "trials.csv").read_text()
     sweep.sweep(spec, study_dir, n_trials=4, data_dir=synthetic_root, allow_download=False, quiet=True)
     assert len(study_of(study_dir, "t").trials) == 8  # a larger budget adds a point to the same study
 

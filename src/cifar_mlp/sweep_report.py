@@ -46,6 +46,14 @@ def fmt(mean: float, std: float, percent: bool) -> str:
     return f"{scale * mean:.{1 if percent else 4}f}{spread}{unit}"
 
 
+def shown(value) -> str:
+    """A swept value as the summary prints it: floats to 4 significant digits (a sampled 0.15000000000000002 reads
+    0.15); trials.csv keeps them exact."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def point_name(row: dict) -> str:
     """The run directory's name without its seed: the same for every seed of a point."""
     return Path(row["run_dir"]).name.rsplit("-s", 1)[0]
@@ -132,12 +140,12 @@ def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: st
         header = ["rank", "point", *points[0]["values"], "seeds", f"{spec.objective} (mean ± std)", "val acc",
                   "test acc", "train s"]
         blocks += [("h2", "Points, best first"), table(header, [
-            [i + 1, e["point"], *(json.dumps(v) if not isinstance(v, str) else v for v in e["values"].values()),
+            [i + 1, e["point"], *(shown(v) for v in e["values"].values()),
              e["n"], fmt(*e["objective"], percent), fmt(*e["val_acc"], True),
              fmt(*e["test_acc"], True) if e["test_acc"] else "not evaluated", f"{e['train_seconds'][0]:.0f}"]
             for i, e in enumerate(points)])]
         best = points[0]
-        setting = ", ".join(f"{k} = {json.dumps(v)}" for k, v in best["values"].items())
+        setting = ", ".join(f"{k} = {shown(v)}" for k, v in best["values"].items())
         blocks.append(("p", f"Best point: {best['point']} ({setting}), "
                             f"{spec.objective} {fmt(*best['objective'], percent)} over {best['n']} seed(s)"
                             + (f", test accuracy {fmt(*best['test_acc'], True)}." if best["test_acc"] else ".")))
