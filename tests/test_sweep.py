@@ -283,3 +283,14 @@ def test_a_point_can_name_its_own_preset(tmp_path):
     assert own.model.widths == [512, 256, 128] and own.optim.lr == 0.5
     with pytest.raises(UserError, match="no preset named 'nope'"):
         sweep.parse_spec('[study]\nname = "p"\n[points.x]\npreset = "nope"\n', "spec")
+
+
+def test_named_points_alone_are_not_named_twice_in_the_summary():
+    row = {"state": "COMPLETE", "run_dir": "study/runs/wide-s0", "point": "wide", "optim.lr": 0.1, "objective": 0.5,
+           "val_acc": 0.5, "test_acc": 0.4, "train_seconds": 3.0}
+    alone = sweep.parse_spec('[study]\nname = "p"\n[points.wide]\n"model.widths" = [64]\n', "spec")
+    assert sweep_report.point_table([row], alone)[0]["values"] == {}
+    crossed = sweep.parse_spec('[study]\nname = "p"\n[points.wide]\n"model.widths" = [64]\n[space]\n'
+                               '"optim.lr" = [0.1, 0.2]\n', "spec")
+    assert sweep_report.point_table([row | {"run_dir": "study/runs/wide-p000-s0"}], crossed)[0]["values"] == {
+        "point": "wide", "optim.lr": 0.1}

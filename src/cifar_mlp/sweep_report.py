@@ -61,7 +61,7 @@ def point_name(row: dict) -> str:
 
 def point_table(rows: list[dict], spec: Spec) -> list[dict]:
     """Completed trials grouped by point: the objective, validation and test accuracy over seeds."""
-    keys = ["point"] * bool(spec.points) + list(spec.space)
+    keys = ["point"] * bool(spec.points and spec.space) + list(spec.space)  # named points alone: the row's name
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if row["state"] == "COMPLETE":
@@ -146,7 +146,7 @@ def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: st
             for i, e in enumerate(points)])]
         best = points[0]
         setting = ", ".join(f"{k} = {shown(v)}" for k, v in best["values"].items())
-        blocks.append(("p", f"Best point: {best['point']} ({setting}), "
+        blocks.append(("p", f"Best point: {best['point']}" + (f" ({setting})" if setting else "") + ", "
                             f"{spec.objective} {fmt(*best['objective'], percent)} over {best['n']} seed(s)"
                             + (f", test accuracy {fmt(*best['test_acc'], True)}." if best["test_acc"] else ".")))
     else:
