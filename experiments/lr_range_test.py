@@ -50,7 +50,7 @@ def main():
                 group["lr"] = lr
             x = splits.train.images[idx]
             if cfg.data.augment:
-                x = augment(x, cfg.data.augment)
+                x = augment(x, cfg.data.augment, cfg.data.translate)
             loss = loss_fn(model(x), splits.train.labels[idx])
             optimizer.zero_grad()
             loss.backward()

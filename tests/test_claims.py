@@ -23,7 +23,7 @@ def shortened_small_specs(folder: Path) -> Path:
     folder.mkdir()
     for path in (claims.SPECS / "small").glob("*.toml"):
         text = re.sub(r'"train.epochs" = \d+', '"train.epochs" = 3', path.read_text())
-        text = text.replace('"train.batch_size" = 512', '"train.batch_size" = 64')
+        text = re.sub(r'"train.batch_size" = \d+', '"train.batch_size" = 64', text)
         text = text.replace('"optim.lr" = 1e-6\n"train.epochs" = 3', '"optim.lr" = 1e-6\n"train.epochs" = 90')
         if "[fixed]\n" in text:
             text = text.replace("[fixed]\n", "[fixed]\n" + SYNTHETIC)
@@ -133,6 +133,18 @@ def test_both_budgets_specs_are_valid_studies_with_the_points_the_verdicts_read(
         if name.startswith("equal-params"):
             params = parameter_count(MLP(ModelConfig(widths=point["model.widths"])))
             assert abs(params / seed_params - 1) < 0.005
+
+
+@pytest.mark.parametrize("budget", claims.BUDGETS)
+def test_the_ablation_ends_at_best_in_every_setting_it_changes(budget):
+    spec = sweep.load_spec(claims.spec_paths(budget)["ablation"])
+    last = spec.points["augmentation"]
+    best = sweep.point_config(spec, {"preset": "best"}, seed=0).to_dict()
+    ended = sweep.point_config(spec, last, seed=0).to_dict()
+    for key in last:
+        section, name = key.split(".")
+        if key != "optim.warmup_epochs":
+            assert ended[section][name] == best[section][name], key
 
 
 def test_bad_budget_and_missing_specs_are_one_line_errors(tmp_path):

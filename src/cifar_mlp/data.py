@@ -244,9 +244,9 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -
 
 
 @functools.cache
-def augment_table(flip: bool, crop: bool, device: torch.device, pad: int = 4) -> torch.Tensor:
+def augment_table(flip: bool, crop: bool, device: torch.device, pad: int) -> torch.Tensor:
     """Source index (into a flat image with one zero appended) of every output pixel, for each combination of
-    mirror and shift: K x 3072, K = 2 x 9 x 9 with both. One gather per batch then applies any of them."""
+    mirror and shift: K x 3072, K = 2 x (2 pad + 1)^2 with both. One gather per batch then applies any of them."""
     c, i, j = torch.meshgrid(torch.arange(3), torch.arange(32), torch.arange(32), indexing="ij")
     shifts = range(-pad, pad + 1) if crop else (0,)
     tables = []
@@ -259,7 +259,7 @@ def augment_table(flip: bool, crop: bool, device: torch.device, pad: int = 4) ->
     return torch.stack(tables).to(device)
 
 
-def augment(x: torch.Tensor, kinds: list[str], translate: int = 4) -> torch.Tensor:
+def augment(x: torch.Tensor, kinds: list[str], translate: int) -> torch.Tensor:
     """Batched augmentation on the device: random horizontal flip ("flip") and random translation by up to
     `translate` pixels each way with zero fill, i.e. a random crop of the padded image ("crop"), in one gather."""
     table = augment_table("flip" in kinds, "crop" in kinds, x.device, translate)

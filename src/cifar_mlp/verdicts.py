@@ -241,7 +241,8 @@ def val_acc_at(runs: list[Run], epoch: int) -> list[float]:
 EPOCH_MARKS = (10, 20, 40, 80, 160, 320, 640, 1280)
 ABLATION_PARENT = {"optimiser": "seed", "width": "optimiser", "projection": "width", "augmentation": "projection",
                    "dropout": "projection", "ensemble": "dropout"}
-ABLATION_CHANGE = {"optimiser": "AdamW at peak lr 2e-3, one-cycle, batch 512, label smoothing 0.1",
+ABLATION_CHANGE = {"optimiser": ("AdamW at peak lr 1e-2, one-cycle, batch 1024, label smoothing 0.25, "
+                                 "weight decay 0.07"),
                    "width": "widths 1024-512-256", "projection": "the fixed projection onto 512 components",
                    "augmentation": "flips and translations", "dropout": "dropout 0.5, 0.2 on the inputs",
                    "ensemble": "an ensemble of 3"}
