@@ -334,7 +334,8 @@ def test_sam_and_input_dropout_train_and_resume_exactly(tiny_config, synthetic_r
     assert without_timing(resumed) == without_timing(full)
 
 
-def test_bf16_on_cpu_trains_in_bf16_and_keeps_float32_weights(tiny_config, synthetic_root, tmp_path):
+def test_bf16_on_cpu_trains_in_bf16_and_keeps_float32_weights(tiny_config, synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(train.environment, "cpu_has_bf16", lambda: True)  # emulated here if the CPU lacks it
     bf16 = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, bf16=True))
     low, full = run(bf16, tmp_path / "bf16", synthetic_root), run(tiny_config, tmp_path / "fp32", synthetic_root)
     assert without_timing(low) != without_timing(full)  # the autocast really changed the arithmetic
@@ -342,15 +343,21 @@ def test_bf16_on_cpu_trains_in_bf16_and_keeps_float32_weights(tiny_config, synth
     assert abs(low[-1]["val_loss"] - full[-1]["val_loss"]) < 0.1 * full[-1]["val_loss"]
     weights = checkpoint.load(tmp_path / "bf16" / "checkpoints" / "last.pt")["model"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())
+    assert rundir.read_environment(tmp_path / "bf16")["bf16_autocast"] is True
 
 
-def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_config, synthetic_root, tmp_path, monkeypatch, capsys):
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32_and_says_so(tiny_config, synthetic_root, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Emulated bf16 is many times slower than float32, so a preset with bf16 stays usable on any CPU."""
     monkeypatch.setattr(train.environment, "cpu_has_bf16", lambda: False)
-    bf16 = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, bf16=True, epochs=1))
-    run(bf16, tmp_path / "run", synthetic_root)
+    bf16 = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, bf16=True))
+    asked = run(bf16, tmp_path / "asked", synthetic_root)
     assert "no native bf16" in capsys.readouterr().err
-    run(tiny_config, tmp_path / "fp32", synthetic_root, overwrite=True)
+    full = run(tiny_config, tmp_path / "fp32", synthetic_root)
     assert "bf16" not in capsys.readouterr().err
+    assert without_timing(asked) == without_timing(full)
+    assert rundir.read_config(tmp_path / "asked")["train"]["bf16"] is True  # what was asked for
+    assert rundir.read_environment(tmp_path / "asked")["bf16_autocast"] is False  # what ran
 
 
 def test_grad_norms_are_each_weight_layers_gradient_norm(tiny_config, synthetic_root, tmp_path):

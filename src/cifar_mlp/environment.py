@@ -27,6 +27,16 @@ def cpu_has_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on the device: a CPU with AVX512-BF16 or AMX, a GPU with bf16 arithmetic
+    (Ampere or newer). Elsewhere it is emulated, and about 20 times slower than float32 (BENCHMARKS.md)."""
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return True
+
+
 def available_memory(device: torch.device) -> int | None:
     """Free bytes on the device: the GPU's free memory, or the host's available memory (Linux's MemAvailable);
     None where it cannot be read."""
