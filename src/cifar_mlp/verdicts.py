@@ -287,7 +287,8 @@ def claim_epochs(learning_rate: dict[str, list[Run]], ablation: dict[str, list[R
         epochs = len(next(iter(ablation.values()))[0].history)
         helped = [s for s, c in gains if c.outcome == "higher"]
         parts.append(Part(f"Changes other than epochs, at a fixed {epochs} epochs: "
-                          + (f"{', '.join(helped)} add test accuracy." if helped else "none adds test accuracy."),
+                          + (f"{', '.join(helped)} add{'s' if len(helped) == 1 else ''} test accuracy." if helped
+                             else "none adds test accuracy."),
                           REFUTED if helped else SUPPORTED))
         tables.append((f"From the seed's recipe towards best's, one change at a time ({epochs} epochs each)",
                        ["point", "change", "added to", "test acc %", "gain over its parent"], rows))
