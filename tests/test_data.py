@@ -1,3 +1,4 @@
+import math
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from cifar_mlp.data import (
     mix,
     normalise,
     resolve_data_dir,
+    rotate_and_zoom,
     split_indices,
 )
 
@@ -110,6 +112,36 @@ def test_translate_bounds_the_shift():
         assert len(found) == 1
         offsets.add(found[0])
     assert len(offsets) == 9  # every shift of at most one pixel occurs, none larger
+
+
+def test_rotate_and_zoom_is_exact_where_the_pixel_grid_maps_onto_itself():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    ones = torch.ones(4)
+    assert torch.allclose(rotate_and_zoom(x, 0 * ones, ones), x, atol=1e-5)
+    left, right = (rotate_and_zoom(x, sign * math.pi / 2 * ones, ones) for sign in (1, -1))
+    assert torch.allclose(left, x.rot90(1, (2, 3)), atol=1e-5) and torch.allclose(right, x.rot90(-1, (2, 3)), atol=1e-5)
+    shrunk = rotate_and_zoom(x, 0 * ones, ones / 2)  # each output pixel of the centre is the mean of 2 x 2 inputs
+    assert torch.allclose(shrunk[:, :, 8:24, 8:24], torch.nn.functional.avg_pool2d(x, 2), atol=1e-5)
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[8:24, 8:24] = False
+    assert torch.equal(shrunk[:, :, border], torch.zeros_like(shrunk[:, :, border]))  # zero: the mean colour
+
+
+def test_affine_augmentation_draws_a_rotation_and_zoom_per_image_within_its_bounds():
+    x = torch.randn(64, 3, 32, 32)
+    assert torch.allclose(augment(x, ["affine"], translate=4, rotate=0.0, zoom=0.0), x, atol=1e-5)
+    torch.manual_seed(0)
+    turned = augment(x, ["affine"], translate=4, rotate=30.0, zoom=0.0)
+    torch.manual_seed(0)
+    assert torch.equal(augment(x, ["affine"], translate=4, rotate=30.0, zoom=0.0), turned)  # seeded
+    torch.manual_seed(0)
+    angles = (torch.rand(2, 64) * 2 - 1)[0] * math.radians(30.0)
+    assert torch.allclose(turned, rotate_and_zoom(x, angles, torch.ones(64)), atol=1e-6)
+    assert angles.abs().max() <= math.radians(30.0) and len(set(angles.tolist())) == 64
+    torch.manual_seed(0)
+    zoomed = augment(x, ["affine", "flip"], translate=4, rotate=0.0, zoom=0.2)
+    assert zoomed.shape == x.shape and not torch.allclose(zoomed, x, atol=1e-3)
 
 
 def test_mixup_blends_each_image_with_its_neighbour_in_the_label_proportion():

@@ -259,9 +259,26 @@ def augment_table(flip: bool, crop: bool, device: torch.device, pad: int) -> tor
     return torch.stack(tables).to(device)
 
 
-def augment(x: torch.Tensor, kinds: list[str], translate: int) -> torch.Tensor:
-    """Batched augmentation on the device: random horizontal flip ("flip") and random translation by up to
-    `translate` pixels each way with zero fill, i.e. a random crop of the padded image ("crop"), in one gather."""
+def rotate_and_zoom(x: torch.Tensor, angles: torch.Tensor, zooms: torch.Tensor) -> torch.Tensor:
+    """Each image rotated by its angle (radians) and scaled by its zoom about its centre, bilinear, uncovered
+    pixels zero (the train split's mean colour once normalised): one affine_grid and grid_sample for the batch."""
+    cos, sin, zero = torch.cos(angles) / zooms, torch.sin(angles) / zooms, torch.zeros_like(angles)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment(x: torch.Tensor, kinds: list[str], translate: int, rotate: float = 0.0, zoom: float = 0.0
+            ) -> torch.Tensor:
+    """Batched augmentation on the device: a random rotation by up to `rotate` degrees and change of scale by up
+    to `zoom` each way ("affine", Lin et al. 2015's deformations), then a random horizontal flip ("flip") and a
+    random translation by up to `translate` pixels each way with zero fill, i.e. a random crop of the padded
+    image ("crop"), in one gather."""
+    if "affine" in kinds:
+        uniform = torch.rand(2, len(x), device=x.device) * 2 - 1
+        x = rotate_and_zoom(x, uniform[0] * math.radians(rotate), 1 + uniform[1] * zoom)
+    if "flip" not in kinds and "crop" not in kinds:
+        return x
     table = augment_table("flip" in kinds, "crop" in kinds, x.device, translate)
     choice = torch.randint(len(table), (len(x),), device=x.device)
     flat = torch.nn.functional.pad(x.flatten(1), (0, 1))
