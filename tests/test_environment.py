@@ -8,6 +8,7 @@ def test_machine_line_names_a_cpu_without_native_bf16_and_only_that():
     assert environment.machine_line(env) == "AMD EPYC, 2 threads (torch 2.14.1, Python 3.11.7)"
     assert environment.machine_line(env | {"cpu_bf16": True}) == environment.machine_line(env)
     assert environment.machine_line(env | {"cpu_bf16": False}).startswith("AMD EPYC (no native bf16), 2 threads")
+    assert environment.machine_line(env | {"torch_threads": 1}).startswith("AMD EPYC, 1 thread (")
     assert environment.machine_line(env | {"cpu_bf16": False, "gpu": "H200"}).startswith("H200 (torch")
 
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from cifar_mlp import UserError, config
-from cifar_mlp.report import compare, diagnose, input_map, write_report
+from cifar_mlp.report import augmentations, compare, diagnose, input_map, write_report
 from cifar_mlp.rundir import read_history
 
 
@@ -183,3 +183,10 @@ def test_each_conclusion_quotes_the_claims_studys_verdict_on_the_seeds_answer(tm
     (tmp_path / "verdicts.json").write_text("{")
     with pytest.raises(UserError, match="verdicts.json is damaged"):
         published_claims(tmp_path)
+
+
+def test_the_set_up_names_each_augmentation_with_its_bounds():
+    cfg = config.from_dict({"data": {"augment": ["affine", "flip", "crop"], "rotate": 5.0, "zoom": 0.05, "translate": 3,
+                                     "mix": "mixup", "mix_alpha": 0.2}})
+    assert augmentations(cfg) == ["rotations by up to 5 degrees and changes of scale by up to 5%", "flip",
+                                  "translations by up to 3 pixels", "mixup (alpha 0.2)"]

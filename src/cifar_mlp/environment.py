@@ -86,5 +86,6 @@ def describe(device: torch.device | str = "cpu") -> dict:
 def machine_line(env: dict) -> str:
     """A one-line description of the machine, for reports and benchmark output."""
     cpu = env["cpu"] + (" (no native bf16)" if env.get("cpu_bf16") is False else "")
-    hw = env["gpu"] or f"{cpu}, {env['torch_threads']} threads"
+    threads = env["torch_threads"]
+    hw = env["gpu"] or f"{cpu}, {threads} thread{'s' if threads != 1 else ''}"
     return f"{hw} (torch {env['torch']}, Python {env['python']})"

@@ -90,8 +90,10 @@ def pct(x: float) -> str:
 
 def augmentations(cfg) -> list[str]:
     mixing = [f"{cfg.data.mix} (alpha {cfg.data.mix_alpha})"] if cfg.data.mix != "none" else []
-    shifts = {"crop": f"translations by up to {cfg.data.translate} pixels"}
-    return [*(shifts.get(kind, kind) for kind in cfg.data.augment), *mixing]
+    words = {"crop": f"translations by up to {cfg.data.translate} pixels",
+             "affine": f"rotations by up to {cfg.data.rotate:g} degrees and changes of scale by up to "
+                       f"{100 * cfg.data.zoom:g}%"}
+    return [*(words.get(kind, kind) for kind in cfg.data.augment), *mixing]
 
 
 def input_map(cfg) -> str:
