@@ -350,9 +350,12 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32_and_says_so(tiny_co
                                                                          monkeypatch, capsys):
     """Emulated bf16 is many times slower than float32, so a preset with bf16 stays usable on any CPU."""
     monkeypatch.setattr(train.environment, "cpu_has_bf16", lambda: False)
+    train.note_float32_fallback.cache_clear()
     bf16 = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, bf16=True))
     asked = run(bf16, tmp_path / "asked", synthetic_root)
     assert "no native bf16" in capsys.readouterr().err
+    run(bf16, tmp_path / "again", synthetic_root)
+    assert "bf16" not in capsys.readouterr().err  # once per process: a sweep's worker says it once, not per trial
     full = run(tiny_config, tmp_path / "fp32", synthetic_root)
     assert "bf16" not in capsys.readouterr().err
     assert without_timing(asked) == without_timing(full)

@@ -5,6 +5,7 @@ It writes config.json, environment.json, history.csv, loss_plot.png and checkpoi
 
 import contextlib
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -185,6 +186,14 @@ def train(cfg: Config, run_dir, data_dir=None, allow_download: bool = True, resu
         return _train(cfg, Path(run_dir), data_dir, allow_download, resume, overwrite, quiet, data, on_epoch)
 
 
+@functools.cache
+def note_float32_fallback(device: str) -> None:
+    """Said once per process and device: a sweep's worker trains many runs, and one line serves them all."""
+    print(f"cifar-mlp: note: no native bf16 on {device} (a CPU needs AVX512-BF16 or AMX, a GPU Ampere or newer), "
+          "so runs that ask for it train in float32: many times faster here than emulated bf16, slower than on a "
+          "machine with bf16, and their figures differ slightly from a bf16 run's", file=sys.stderr)
+
+
 def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: bool, overwrite: bool, quiet: bool,
            data: Cifar10 | None, on_epoch) -> list[dict]:
     from cifar_mlp import plots
@@ -198,9 +207,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
         tensorboard_log.require()
     bf16 = cfg.train.bf16 and environment.bf16_is_native(device)
     if cfg.train.bf16 and not bf16:
-        print(f"cifar-mlp: note: no native bf16 on {device} (a CPU needs AVX512-BF16 or AMX, a GPU Ampere or newer), "
-              "so this run trains in float32: many times faster here than emulated bf16, slower than on a machine "
-              "with bf16, and its figures differ slightly from a bf16 run's", file=sys.stderr)
+        note_float32_fallback(str(device))
     as_run = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, bf16=bf16))
     data = data or load_cifar10(data_dir, allow_download)
     splits = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, device)
