@@ -54,6 +54,8 @@ def test_config_from_a_toml_path(tmp_path):
         ({"model": {"input_dropout": -0.1}}, r"model.input_dropout must be a finite number in \[0, 1\)"),
         ({"optim": {"sam_rho": -0.05}}, r"optim.sam_rho must be a finite number in \[0, "),
         ({"model": {"members": 0}}, r"model.members must be a finite number in \[1, 1,000\]"),
+        ({"model": {"bottleneck": -1}}, r"model.bottleneck must be a finite number in \[0, "),
+        ({"model": {"bottleneck": 1.5}}, "model.bottleneck must be of type int"),
     ],
 )
 def test_bad_values_get_one_line_errors(raw, message):

@@ -40,6 +40,16 @@ def test_residual_only_where_widths_match():
     assert [b.residual for b in model.blocks] == [False, True, False]
 
 
+def test_linear_bottleneck_between_hidden_blocks_only():
+    model = MLP(ModelConfig(widths=[256, 256, 128], bottleneck=32))
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(3072, 256), (256, 32), (32, 256), (256, 32), (32, 128), (128, 10)]
+    bottlenecks = [m for m in model.blocks if type(m) is nn.Linear]
+    assert len(bottlenecks) == 2  # no activation after them: the next block reads their output as it is
+    assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    assert len(MLP(ModelConfig(widths=[64], bottleneck=32)).blocks) == 1
+
+
 def test_only_fully_connected_layers():
     allowed = (nn.Linear, nn.ReLU, nn.GELU, nn.BatchNorm1d, nn.LayerNorm, nn.Dropout, nn.Identity, nn.Sequential)
     model = MLP(ModelConfig(widths=[128, 128], residual=True, norm="layer"))

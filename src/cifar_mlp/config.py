@@ -35,6 +35,7 @@ class ModelConfig:
     activation: str = "relu"  # relu | gelu
     order: str = "act-norm"  # act-norm: Linear->Act->Norm->Dropout (the seed's); norm-act: Linear->Norm->Act->Dropout
     residual: bool = False  # add the block input to its output where the widths match
+    bottleneck: int = 0  # a linear layer (no activation) down to this many features between hidden blocks; 0: off
     whitening: str = "none"  # none | pca | zca | project: a fixed linear map fitted on the train split, the first
     # layer; pca/zca whiten, project keeps the top principal components unwhitened (model.fit_whitening)
     whitening_dims: int = 3072  # principal components kept by pca and project
@@ -144,6 +145,7 @@ RANGES = {
     "model.whitening_dims": (1, 3072, True, True),
     "model.whitening_eps": (0, 1e6, False, True),
     "model.members": (1, 1000, True, True),
+    "model.bottleneck": (0, 2**31 - 1, True, True),
     "optim.lr": (0, 1e3, False, True),
     "optim.weight_decay": (0, 1e3, True, True),
     "optim.warmup_epochs": (0, 10**6, True, True),

@@ -52,7 +52,9 @@ class Block(nn.Sequential):
 
 class MLP(nn.Module):
     """Optional fixed whitening (a linear map fitted on the train split, stored as buffers so that every later
-    step applies it), optional dropout of input features, hidden blocks, and a final Linear to 10 logits."""
+    step applies it), optional dropout of input features, hidden blocks, and a final Linear to 10 logits. With
+    model.bottleneck, a Linear without activation narrows each hidden block's output before the next block (Lin,
+    Memisevic and Konda 2015's linear bottleneck layers: wide nonlinear layers at a fraction of the weights)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -64,9 +66,15 @@ class MLP(nn.Module):
             self.register_buffer("whiten_weight", torch.zeros(in_features, IN_FEATURES))
             self.register_buffer("whiten_bias", torch.zeros(in_features))
         self.input_dropout = Dropout(cfg.input_dropout) if cfg.input_dropout else None
-        widths = [in_features, *cfg.widths]
-        self.blocks = nn.Sequential(*(Block(a, b, cfg) for a, b in zip(widths, widths[1:], strict=False)))
-        self.head = nn.Linear(widths[-1], NUM_CLASSES)
+        layers = []
+        for i, width in enumerate(cfg.widths):
+            layers.append(Block(in_features, width, cfg))
+            in_features = width
+            if cfg.bottleneck and i < len(cfg.widths) - 1:
+                layers.append(nn.Linear(width, cfg.bottleneck))
+                in_features = cfg.bottleneck
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Linear(in_features, NUM_CLASSES)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (N x 3 x 32 x 32, or already flat N x 3072) -> logits N x 10."""
