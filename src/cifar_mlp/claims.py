@@ -35,8 +35,9 @@ BUDGET_NOTE = {
              "to rotation (the seed's example). Its verdicts are a preview of the full budget's.",
     "full": "This is the **full budget** (`--budget full`): every preset as committed, the seed's recipe over 3 seeds, "
             "640 epochs of it at the seed's learning rate, the depth study over 2 seeds, every robustness family. "
-            "Where it runs fewer seeds than the issue asked (one for the costlier presets, the learning-rate grid "
-            "and the ablation), single runs are given the fallback spread (Rules).",
+            "To fit its time it runs fewer than 3 seeds per point elsewhere: 2 in the depth study, one for the "
+            "costlier presets, the learning-rate grid and the ablation, whose single runs are given the fallback "
+            "spread (Rules).",
 }
 
 
