@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -294,3 +295,16 @@ def test_named_points_alone_are_not_named_twice_in_the_summary():
                                '"optim.lr" = [0.1, 0.2]\n', "spec")
     assert sweep_report.point_table([row | {"run_dir": "study/runs/wide-p000-s0"}], crossed)[0]["values"] == {
         "point": "wide", "optim.lr": 0.1}
+
+
+COMMITTED_SPECS = sorted(p for p in (Path(__file__).resolve().parents[1] / "studies").rglob("*.toml")
+                         if "claims" not in p.parts)  # the claims specs have their own test in test_claims.py
+
+
+@pytest.mark.parametrize("path", COMMITTED_SPECS, ids=lambda p: p.stem)
+def test_every_committed_study_spec_loads_and_each_grid_point_is_a_valid_run_config(path):
+    spec = sweep.load_spec(path)
+    points = sweep.grid(spec) if spec.sampler == "grid" else []
+    assert spec.sampler != "grid" or points
+    for _, _, values in points:
+        sweep.point_config(spec, values, spec.seeds[0])
