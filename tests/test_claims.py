@@ -1,4 +1,4 @@
-"""cifar-mlp claims: the small budget end to end on synthetic data (its specs, shortened), the report's numbers
+"""cifar-mlp claims: both budgets end to end on synthetic data (their specs, shortened), the report's numbers
 against the studies' trials.csv, a rerun that trains nothing, the specs of both budgets, and bad input."""
 
 import csv
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import write_synthetic_cifar
 
-from cifar_mlp import UserError, claims, sweep, verdicts
+from cifar_mlp import UserError, claims, robustness, sweep, verdicts
 from cifar_mlp.config import ModelConfig
 from cifar_mlp.model import MLP, parameter_count
 
@@ -17,13 +17,15 @@ SEED_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "00
 SYNTHETIC = '"data.val_per_class" = 5\n"train.device" = "cpu"\n"train.batch_size" = 64\n"optim.warmup_epochs" = 0.0\n'
 
 
-def shortened_small_specs(folder: Path) -> Path:
-    """The small budget's specs for a 300-image dataset: 3 epochs (90 for the long run at lr 1e-6, so that it
-    passes 80), batches of 64, 5 validation images per class."""
+def shortened_specs(budget: str, folder: Path) -> Path:
+    """A budget's specs for a 300-image dataset: 3 epochs (90 for the long run at lr 1e-6, so that it passes 80),
+    1 warm-up epoch, batches of 64, 5 validation images per class, and depths 1, 3 and 8 only."""
     folder.mkdir()
-    for path in (claims.SPECS / "small").glob("*.toml"):
+    for path in (claims.SPECS / budget).glob("*.toml"):
         text = re.sub(r'"train.epochs" = \d+', '"train.epochs" = 3', path.read_text())
         text = re.sub(r'"train.batch_size" = \d+', '"train.batch_size" = 64', text)
+        text = re.sub(r'"optim.warmup_epochs" = [\d.]+', '"optim.warmup_epochs" = 1.0', text)
+        text = re.sub(r'\[points\.[a-z-]+-d[2456]\]\n(?:"[^\n]*\n)*\n?', "", text)
         text = text.replace('"optim.lr" = 1e-6\n"train.epochs" = 3', '"optim.lr" = 1e-6\n"train.epochs" = 90')
         if "[fixed]\n" in text:
             text = text.replace("[fixed]\n", "[fixed]\n" + SYNTHETIC)
@@ -49,7 +51,7 @@ def trials(study_dir: Path) -> dict[str, dict]:
 def small_budget(tmp_path_factory):
     base = tmp_path_factory.mktemp("claims")
     root = write_synthetic_cifar(base / "cifar")
-    specs = shortened_small_specs(base / "specs")
+    specs = shortened_specs("small", base / "specs")
     path, found = claims.claims(base / "study", "small", data_dir=root, device="cpu", allow_download=False,
                                 quiet=True, specs_dir=specs)
     return base, root, specs, path, found
@@ -106,6 +108,24 @@ def test_a_rerun_trains_nothing_and_writes_the_same_verdicts(small_budget):
     assert {p: p.stat().st_mtime_ns for p in (base / "study").rglob("last.pt")} == checkpoints
     assert [f.verdict for f in again] == [f.verdict for f in found]
     assert (base / "published" / "claims.md").is_file() and (base / "published" / "depth.png").is_file()
+
+
+def test_the_full_budget_runs_end_to_end_on_every_study_and_transform(tmp_path):
+    """Its code paths the small budget does not take: 3 seeds of the cheap presets, the CNN without augmentation,
+    the depth study over 2 seeds, every robustness family."""
+    root = write_synthetic_cifar(tmp_path / "cifar")
+    path, found = claims.claims(tmp_path / "study", "full", data_dir=root, device="cpu", allow_download=False,
+                                quiet=True, specs_dir=shortened_specs("full", tmp_path / "specs"))
+    text = path.read_text()
+    assert [f.number for f in found] == [1, 2, 3, 4, 5, 6]
+    assert verdicts.UNTESTABLE not in [f.verdict for f in found]
+    assert "**full budget**" in text
+    assert [row[:2] for row in table_rows(text, "Test accuracy and training time")] == [
+        ["seed", "3"], ["fast", "3"], ["best-noaug", "1"], ["best", "1"], ["cnn", "1"], ["cnn-noaug", "1"]]
+    header = text.split("**Test accuracy % by number of hidden layers**", 1)[1].split("\n\n", 2)[1].splitlines()[0]
+    assert header.split("|")[2:-1] == [" 1 ", " 3 ", " 8 "]
+    families = text.split("**Share of clean test accuracy kept (%)", 1)[1].split("\n\n", 2)[1].splitlines()[0]
+    assert all(name in families for name in robustness.STRENGTHS)
 
 
 def test_the_quotes_are_the_seeds_words():
