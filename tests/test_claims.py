@@ -112,7 +112,7 @@ def test_a_rerun_trains_nothing_and_writes_the_same_verdicts(small_budget):
 
 def test_the_full_budget_runs_end_to_end_on_every_study_and_transform(tmp_path):
     """Its code paths the small budget does not take: 3 seeds of the cheap presets, the CNN without augmentation,
-    the depth study over 2 seeds, every robustness family."""
+    the depth study and the ablation over 3 seeds, every robustness family."""
     root = write_synthetic_cifar(tmp_path / "cifar")
     path, found = claims.claims(tmp_path / "study", "full", data_dir=root, device="cpu", allow_download=False,
                                 quiet=True, specs_dir=shortened_specs("full", tmp_path / "specs"))
@@ -124,6 +124,11 @@ def test_the_full_budget_runs_end_to_end_on_every_study_and_transform(tmp_path):
         ["seed", "3"], ["fast", "3"], ["best-noaug", "1"], ["best", "1"], ["cnn", "1"], ["cnn-noaug", "1"]]
     header = text.split("**Test accuracy % by number of hidden layers**", 1)[1].split("\n\n", 2)[1].splitlines()[0]
     assert header.split("|")[2:-1] == [" 1 ", " 3 ", " 8 "]
+    for study in ("depth", "ablation"):
+        seeds = {}
+        for run in trials(tmp_path / "study" / study):
+            seeds.setdefault(run.rsplit("-s", 1)[0], set()).add(run.rsplit("-s", 1)[1])
+        assert seeds and all(s == {"0", "1", "2"} for s in seeds.values()), study
     families = text.split("**Share of clean test accuracy kept (%)", 1)[1].split("\n\n", 2)[1].splitlines()[0]
     assert all(name in families for name in robustness.STRENGTHS)
 

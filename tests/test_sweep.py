@@ -196,6 +196,23 @@ def test_missing_spec_unreachable_storage_and_a_changed_space(synthetic_root, tm
         sweep.sweep(other, tmp_path / "study", data_dir=synthetic_root)
 
 
+def test_a_grid_that_gains_seeds_trains_only_the_new_ones_and_cannot_lose_them(synthetic_root, tmp_path):
+    spec, study_dir = write_spec(tmp_path, space='"model.widths" = [[32], [16, 16]]'), tmp_path / "study"
+    sweep.sweep(spec, study_dir, data_dir=synthetic_root, allow_download=False, quiet=True)
+    written = {d.name: (d / rundir.METRICS).stat().st_mtime_ns for d in (study_dir / "runs").iterdir()}
+    Path(spec).write_text(Path(spec).read_text().replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    sweep.sweep(spec, study_dir, data_dir=synthetic_root, allow_download=False, quiet=True)
+    rows = trials_csv(study_dir)
+    assert sorted((r["model.widths"], r["seed"]) for r in rows) == sorted(
+        (w, s) for w in ("[32]", "[16, 16]") for s in "012") and {r["state"] for r in rows} == {"COMPLETE"}
+    assert {d: (study_dir / "runs" / d / rundir.METRICS).stat().st_mtime_ns for d in written} == written
+    Path(spec).write_text(Path(spec).read_text().replace("seeds = [0, 1, 2]", "seeds = [0]"))
+    with pytest.raises(UserError, match="a grid may only add seeds"):
+        sweep.sweep(spec, study_dir, data_dir=synthetic_root)
+    tpe = {"sampler": "tpe", "seeds": [0], "space": {}}
+    assert not sweep.adds_seeds(tpe, {**tpe, "seeds": [0, 1]})
+
+
 @pytest.fixture
 def postgres_url():
     url = os.environ.get("CIFAR_MLP_POSTGRES_URL")

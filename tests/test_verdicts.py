@@ -31,6 +31,8 @@ def test_compare_uses_two_standard_errors_and_a_fallback_spread_for_single_runs(
     assert single.se == pytest.approx(math.sqrt(2) * verdicts.FALLBACK_STD)
     assert single.outcome == "no difference"
     assert verdicts.compare([0.60], [0.58]).outcome == "higher"  # 2 points > 2 x 0.71 points
+    assert c.text() == "+11.0 ± 0.8 points (higher)"
+    assert verdicts.Comparison(-0.0004, 0.003).text() == "+0.0 ± 0.3 points (no difference)"
 
 
 def test_combine_ignores_untestable_parts():

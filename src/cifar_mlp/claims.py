@@ -33,11 +33,10 @@ BUDGET_NOTE = {
              "epochs, no CNN without augmentation, the long run at the seed's learning rate to 120 epochs and the "
              "others to 20, the depth study to 5 epochs at 1, 3 and 8 layers, the ablation to 5 epochs, robustness "
              "to rotation (the seed's example). Its verdicts are a preview of the full budget's.",
-    "full": "This is the **full budget** (`--budget full`): every preset as committed, the seed's recipe over 3 seeds, "
-            "640 epochs of it at the seed's learning rate, the depth study over 2 seeds, every robustness family. "
-            "To fit its time it runs fewer than 3 seeds per point elsewhere: 2 in the depth study, one for the "
-            "costlier presets, the learning-rate grid and the ablation, whose single runs are given the fallback "
-            "spread (Rules).",
+    "full": "This is the **full budget** (`--budget full`): every preset as committed, the seed's recipe and `fast` "
+            "over 3 seeds, 640 epochs of the seed's recipe at its learning rate, the depth study and the ablation over "
+            "3 seeds, every robustness family. To fit its time the costlier presets (`best-noaug`, `best`, the CNN) "
+            "and the learning-rate grid run one seed each, whose single runs are given the fallback spread (Rules).",
 }
 
 

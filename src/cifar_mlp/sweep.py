@@ -255,15 +255,23 @@ def open_study(spec: Spec, storage):
               }[spec.pruner]()
     study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=spec.direction, load_if_exists=True)
-    identity = study.user_attrs.get("spec")
-    if identity is None:
-        study.set_user_attr("spec", spec.identity())
-    elif identity != json.loads(json.dumps(spec.identity())):
+    stored, identity = study.user_attrs.get("spec"), json.loads(json.dumps(spec.identity()))
+    if stored is None or adds_seeds(stored, identity):
+        study.set_user_attr("spec", identity)
+    elif stored != identity:
         raise UserError(f"a study named {spec.name!r} already exists in this storage with another space, base, "
-                        "seeds or objective; give the spec another study.name, or use another --study-dir/--storage")
+                        "seeds or objective (a grid may only add seeds); give the spec another study.name, or use "
+                        "another --study-dir/--storage")
     if spec.sampler == "grid":
         enqueue_missing(study, spec)
     return study
+
+
+def adds_seeds(stored: dict, identity: dict) -> bool:
+    """Whether the spec is the stored grid with more seeds: its new (point, seed) pairs are enqueued, the runs it
+    already has are kept, so a study can gain seeds without training anything again."""
+    return (identity["sampler"] == "grid" and {**stored, "seeds": identity["seeds"]} == identity
+            and set(stored["seeds"]) < set(identity["seeds"]))
 
 
 def grid_search_space(spec: Spec) -> dict:

@@ -115,7 +115,8 @@ class Comparison:
         return "higher" if self.diff > 0 else "lower"
 
     def text(self, scale: float = 100, unit: str = " points") -> str:
-        return f"{scale * self.diff:+.1f} ± {scale * self.se:.1f}{unit} ({self.outcome})"
+        diff = round(scale * self.diff, 1) + 0.0  # adding 0.0 turns a rounded -0.0 into 0.0
+        return f"{diff:+.1f} ± {scale * self.se:.1f}{unit} ({self.outcome})"
 
 
 def compare(a: list[float], b: list[float]) -> Comparison:
