@@ -280,8 +280,8 @@ def grid_search_space(spec: Spec) -> dict:
 
 
 def enqueue_missing(study, spec: Spec) -> None:
-    """Every grid point x seed that no trial holds yet becomes a waiting trial (once, at creation; again only
-    if the process that created the study died while enqueueing)."""
+    """Every grid point x seed that no trial holds yet becomes a waiting trial (at creation; again when the spec
+    adds seeds, or if the process that created the study died while enqueueing)."""
     held = {t.user_attrs.get("run") for t in study.get_trials(deepcopy=False)}
     for label, name, values in grid(spec):
         params = {**({"point": name} if name else {}), **{k: encode(values[k]) for k in spec.space}}
