@@ -126,8 +126,8 @@ def test_the_full_budget_runs_end_to_end_on_every_study_and_transform(tmp_path):
     assert header.split("|")[2:-1] == [" 1 ", " 3 ", " 8 "]
     for study in ("depth", "ablation"):
         seeds = {}
-        for run in trials(tmp_path / "study" / study):
-            seeds.setdefault(run.rsplit("-s", 1)[0], set()).add(run.rsplit("-s", 1)[1])
+        for row in trials(tmp_path / "study" / study).values():
+            seeds.setdefault(row["point"], set()).add(row["seed"])
         assert seeds and all(s == {"0", "1", "2"} for s in seeds.values()), study
     families = text.split("**Share of clean test accuracy kept (%)", 1)[1].split("\n\n", 2)[1].splitlines()[0]
     assert all(name in families for name in robustness.STRENGTHS)

@@ -293,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("claims", help="test each of the seed's conclusions by studies, with computed verdicts")
     p.add_argument("--study-dir", required=True, help="folder for the studies (one sweep folder each), reused on rerun")
     p.add_argument("--budget", choices=["small", "full"], default="small",
-                   help="small: a preview, 24 minutes on 2 CPU cores with native bf16 (measured); full: about 2 h 30 "
-                        "there, about 6 h 15 in float32 on 2 AVX2-only cores (both estimated from measured runs)")
+                   help="small: a preview, 24 minutes on 2 CPU cores with native bf16; full: 2 h 34 there (both "
+                        "measured), about 6 h 15 in float32 on 2 AVX2-only cores (estimated from measured runs)")
     p.add_argument("--storage", help="a database URL shared by workers on many machines (see cifar-mlp sweep)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, sharing its cores")
     p.add_argument("--out", help="folder for claims.md, claims.html and their figures (default: --study-dir)")
