@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-dir", required=True, help="folder for the studies (one sweep folder each), reused on rerun")
     p.add_argument("--budget", choices=["small", "full"], default="small",
                    help="small: a preview, 24 minutes on 2 CPU cores with native bf16; full: 2 h 34 there (both "
-                        "measured), about 6 h 15 in float32 on 2 AVX2-only cores (estimated from measured runs)")
+                        "measured), about 6 h 40 in float32 on 2 AVX2-only cores (estimated from measured runs)")
     p.add_argument("--storage", help="a database URL shared by workers on many machines (see cifar-mlp sweep)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, sharing its cores")
     p.add_argument("--out", help="folder for claims.md, claims.html and their figures (default: --study-dir)")
