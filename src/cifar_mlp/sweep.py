@@ -57,6 +57,8 @@ class Spec:
     space: dict  # key -> list of values (categorical) or {low, high, log, step}
     points: dict = field(default_factory=dict)  # name -> {key: value}: named points, a grid's first axis; a
     # point's `preset` key (a preset name or TOML path) replaces study.base for that point
+    notes: dict = field(default_factory=dict)  # point name -> what it is and what it showed, for the summary;
+    # not part of the study's identity, so notes can be written after the results
     pruner_warmup_epochs: int = 0  # epochs before the pruner may stop a trial
     pruner_startup_trials: int = 5  # median: trials that finish before it prunes any
     heartbeat_seconds: int = 10  # database storages: a trial silent for 3 heartbeats is failed and retried
@@ -94,9 +96,9 @@ def parse_spec(text: str, where: str, n_trials: int | None = None) -> Spec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{where} is not valid TOML: {e}") from None
-    unknown = set(raw) - {"study", "fixed", "space", "points"}
+    unknown = set(raw) - {"study", "fixed", "space", "points", "notes"}
     if unknown:
-        raise UserError(f"{where}: unknown table [{sorted(unknown)[0]}]; known: study, fixed, space, points")
+        raise UserError(f"{where}: unknown table [{sorted(unknown)[0]}]; known: study, fixed, space, points, notes")
     study = raw.get("study", {})
     unknown = set(study) - STUDY_KEYS if isinstance(study, dict) else set()
     if unknown:
@@ -106,7 +108,7 @@ def parse_spec(text: str, where: str, n_trials: int | None = None) -> Spec:
     spec = Spec(name=study["name"], base=study.get("base", "seed"), objective=study.get("objective", "val_acc"),
                 sampler=study.get("sampler", "grid"), pruner=study.get("pruner", "none"),
                 seeds=study.get("seeds", [0]), n_trials=study.get("n_trials", 20), fixed=raw.get("fixed", {}),
-                space=raw.get("space", {}), points=raw.get("points", {}),
+                space=raw.get("space", {}), points=raw.get("points", {}), notes=raw.get("notes", {}),
                 pruner_warmup_epochs=study.get("pruner_warmup_epochs", 0),
                 pruner_startup_trials=study.get("pruner_startup_trials", 5),
                 heartbeat_seconds=study.get("heartbeat_seconds", 10), text=text)
@@ -132,7 +134,7 @@ def check_spec(spec: Spec, where: str) -> None:
         least = 0 if key.startswith("pruner") else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise UserError(f"{where}: study.{key} must be an int >= {least}, got {value!r}")
-    for table in ("fixed", "space", "points"):
+    for table in ("fixed", "space", "points", "notes"):
         if not isinstance(getattr(spec, table), dict):
             raise UserError(f"{where}: [{table}] must be a table")
     if not spec.space and not spec.points:
@@ -141,6 +143,10 @@ def check_spec(spec: Spec, where: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or not isinstance(point, dict):
             raise UserError(f"{where}: [points.{name}] must be a table of config keys, named with letters, digits, "
                             "'.', '_' or '-'")
+    for name, note in spec.notes.items():
+        if name not in spec.points or not isinstance(note, str):
+            raise UserError(f"{where}: notes.{name} must be a string about one of the [points.NAME] "
+                            f"({'known: ' + ', '.join(spec.points) if spec.points else 'the spec has none'})")
     for key, values in spec.space.items():
         if isinstance(values, list):
             if not values:
@@ -441,6 +447,7 @@ def record(trial, spec: Spec, history: list[dict], metrics: dict | None, run_dir
     best = min(history, key=lambda r: r["val_loss"])
     figures = {"val_acc": best["val_acc"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
                "epochs": len(history), "train_seconds": sum(r["epoch_time_s"] for r in history),
+               "train_acc": history[-1]["train_acc"],
                "test_acc": metrics["splits"]["test"]["accuracy"] if metrics and "test" in metrics["splits"] else None,
                "run_dir": str(run_dir)}
     figures["objective"] = figures[spec.objective]
