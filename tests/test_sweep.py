@@ -69,7 +69,8 @@ def test_a_grid_runs_every_point_once_per_seed_and_a_rerun_trains_nothing(synthe
         assert rundir.read_config(run_dir)["train"]["seed"] == int(r["seed"])
         best = min(rundir.read_history(run_dir), key=lambda row: row["val_loss"])
         assert float(r["objective"]) == float(r["val_acc"]) == best["val_acc"]
-        assert float(r["train_acc"]) == rundir.read_history(run_dir)[-1]["train_acc"]
+        last = rundir.read_history(run_dir)[-1]
+        assert float(r["train_acc"]) == last["train_acc"] and float(r["last_val_acc"]) == last["val_acc"]
     text = summary.read_text()
     assert "| 1 | p00" in text and "effects.png" in text and (study_dir / "summary.html").stat().st_size > 10_000
 
@@ -306,7 +307,8 @@ def test_a_point_can_name_its_own_preset(tmp_path):
 
 def test_named_points_alone_are_not_named_twice_in_the_summary():
     row = {"state": "COMPLETE", "run_dir": "study/runs/wide-s0", "point": "wide", "optim.lr": 0.1, "objective": 0.5,
-           "val_acc": 0.5, "test_acc": 0.4, "train_acc": 0.6, "train_seconds": 3.0}
+           "val_acc": 0.5, "test_acc": 0.4, "last_val_acc": 0.5, "train_acc": 0.6,
+           "train_seconds": 3.0}
     alone = sweep.parse_spec('[study]\nname = "p"\n[points.wide]\n"model.widths" = [64]\n', "spec")
     assert sweep_report.point_table([row], alone)[0]["values"] == {}
     crossed = sweep.parse_spec('[study]\nname = "p"\n[points.wide]\n"model.widths" = [64]\n[space]\n'
@@ -329,10 +331,11 @@ def test_notes_describe_named_points_in_the_summary_and_can_be_added_after_the_r
     wide = next(line for line in summary.splitlines() if "| wide |" in line)
     narrow = next(line for line in summary.splitlines() if "| narrow |" in line)
     assert wide.endswith("| four times the units: no better |") and narrow.endswith("|  |")
-    assert "| train acc (last epoch) | train s | note |" in summary
-    run_dir = study_dir / "runs" / "wide-s0"  # trials recorded before train_acc was kept read it from the history
-    assert sweep_report.last_train_acc(run_dir) == rundir.read_history(run_dir)[-1]["train_acc"]
-    assert sweep_report.last_train_acc(tmp_path / "elsewhere") == ""
+    assert "| val acc (last epoch) | train acc (last epoch) | train s | note |" in summary
+    run_dir = study_dir / "runs" / "wide-s0"  # trials recorded before these were kept read them from the history
+    last = rundir.read_history(run_dir)[-1]
+    assert sweep_report.last_epoch(run_dir) == {"last_val_acc": last["val_acc"], "train_acc": last["train_acc"]}
+    assert sweep_report.last_epoch(tmp_path / "elsewhere") == {}
     with pytest.raises(UserError, match="notes.tall must be a string about one of the"):
         sweep.parse_spec(body + '[notes]\ntall = "x"\n', "spec")
     with pytest.raises(UserError, match="notes.wide must be a string"):

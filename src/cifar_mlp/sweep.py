@@ -447,7 +447,7 @@ def record(trial, spec: Spec, history: list[dict], metrics: dict | None, run_dir
     best = min(history, key=lambda r: r["val_loss"])
     figures = {"val_acc": best["val_acc"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
                "epochs": len(history), "train_seconds": sum(r["epoch_time_s"] for r in history),
-               "train_acc": history[-1]["train_acc"],
+               "last_val_acc": history[-1]["val_acc"], "train_acc": history[-1]["train_acc"],
                "test_acc": metrics["splits"]["test"]["accuracy"] if metrics and "test" in metrics["splits"] else None,
                "run_dir": str(run_dir)}
     figures["objective"] = figures[spec.objective]

@@ -14,7 +14,9 @@ from cifar_mlp.environment import machine_line
 from cifar_mlp.report import table, to_html, to_markdown
 from cifar_mlp.sweep import JOURNAL, RECORD, Spec, masked, open_storage, parse_spec
 
-FIGURES = ("objective", "val_acc", "val_loss", "test_acc", "train_acc", "epochs", "train_seconds", "run_dir")
+FIGURES = ("objective", "val_acc", "val_loss", "test_acc", "last_val_acc", "train_acc", "epochs", "train_seconds",
+           "run_dir")
+LAST_EPOCH = {"last_val_acc": "val_acc", "train_acc": "train_acc"}  # trials.csv's column: the history's
 
 
 def trial_rows(study, spec: Spec) -> list[dict]:
@@ -30,21 +32,19 @@ def trial_rows(study, spec: Spec) -> list[dict]:
             row[key] = json.loads(value) if isinstance(space, list) and value != "" else value
         row["seed"] = a.get("seed", "")
         row |= {k: a.get(k, "") for k in FIGURES}
-        if row["train_acc"] == "" and row["run_dir"]:
-            row["train_acc"] = last_train_acc(Path(row["run_dir"]))
+        if row["run_dir"] and "" in (row[k] for k in LAST_EPOCH):
+            row |= last_epoch(Path(row["run_dir"]))
         row["note"] = ("duplicate: nothing trained" if a.get("duplicate") else
                        f"retry of trial {t.system_attrs['failed_trial']}" if "failed_trial" in t.system_attrs else "")
         rows.append(row)
     return rows
 
 
-def last_train_acc(run_dir: Path) -> float | str:
-    """The last epoch's train accuracy from the run's history, for trials recorded before the sweep kept it (and
-    "" when the run directory is on another machine)."""
-    if not (run_dir / rundir.HISTORY).is_file():
-        return ""
-    history = rundir.read_history(run_dir)
-    return history[-1]["train_acc"] if history else ""
+def last_epoch(run_dir: Path) -> dict:
+    """The last epoch's validation and train accuracy from the run's history, for trials recorded before the sweep
+    kept them (empty when the run directory is on another machine)."""
+    history = rundir.read_history(run_dir) if (run_dir / rundir.HISTORY).is_file() else []
+    return {k: history[-1][h] for k, h in LAST_EPOCH.items()} if history else {}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -80,7 +80,7 @@ def point_table(rows: list[dict], spec: Spec) -> list[dict]:
     out = []
     for name, members in groups.items():
         entry = {"point": name, "values": {k: members[0][k] for k in keys}, "n": len(members)}
-        for figure in ("objective", "val_acc", "test_acc", "train_acc", "train_seconds"):
+        for figure in ("objective", "val_acc", "test_acc", "last_val_acc", "train_acc", "train_seconds"):
             numbers = [m[figure] for m in members if isinstance(m[figure], int | float)]
             entry[figure] = mean_std(numbers) if numbers else None
         out.append(entry)
@@ -149,12 +149,12 @@ def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: st
     percent = spec.objective == "val_acc"
     if points:
         header = ["rank", "point", *points[0]["values"], "seeds", f"{spec.objective} (mean ± std)", "val acc",
-                  "test acc", "train acc (last epoch)", "train s", *["note"] * bool(spec.notes)]
+                  "test acc", "val acc (last epoch)", "train acc (last epoch)", "train s", *["note"] * bool(spec.notes)]
         blocks += [("h2", "Points, best first"), table(header, [
             [i + 1, e["point"], *(shown(v) for v in e["values"].values()),
              e["n"], fmt(*e["objective"], percent), fmt(*e["val_acc"], True),
              fmt(*e["test_acc"], True) if e["test_acc"] else "not evaluated",
-             fmt(*e["train_acc"], True) if e["train_acc"] else "", f"{e['train_seconds'][0]:.0f}",
+             *(fmt(*e[k], True) if e[k] else "" for k in LAST_EPOCH), f"{e['train_seconds'][0]:.0f}",
              *[spec.notes.get(e["values"].get("point", e["point"]), "")] * bool(spec.notes)]
             for i, e in enumerate(points)])]
         best = points[0]
