@@ -332,6 +332,13 @@ def test_notes_describe_named_points_in_the_summary_and_can_be_added_after_the_r
     narrow = next(line for line in summary.splitlines() if "| narrow |" in line)
     assert wide.endswith("| four times the units: no better |") and narrow.endswith("|  |")
     assert "| val acc (last epoch) | train acc (last epoch) | train s | note |" in summary
+    spec.write_text(body + '[notes]\nnarrow = "a quarter of the units"\n')  # newer notes, the study unchanged
+    rebuilt = sweep_report.rebuild(study_dir, spec_path=spec).read_text()
+    assert "| a quarter of the units |" in rebuilt and "four times" not in rebuilt
+    other = tmp_path / "other.toml"
+    other.write_text(body.replace("[64]", "[32]"))
+    with pytest.raises(UserError, match="describes another study than the one in"):
+        sweep_report.rebuild(study_dir, spec_path=other)
     run_dir = study_dir / "runs" / "wide-s0"  # trials recorded before these were kept read them from the history
     last = rundir.read_history(run_dir)[-1]
     assert sweep_report.last_epoch(run_dir) == {"last_val_acc": last["val_acc"], "train_acc": last["train_acc"]}

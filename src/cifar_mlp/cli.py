@@ -195,7 +195,7 @@ def cmd_sweep(args) -> None:
 def cmd_sweep_report(args) -> None:
     from cifar_mlp.sweep_report import rebuild
 
-    summary = rebuild(args.study_dir, args.storage, args.out)
+    summary = rebuild(args.study_dir, args.storage, args.out, args.spec)
     print(f"summary: {summary} and {summary.with_suffix('.html')}; trials: {summary.parent / 'trials.csv'}")
 
 
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir")
     p.add_argument("--storage", help="the database URL, for a study that is not in the folder's journal file")
     p.add_argument("--out", help="write trials.csv, summary.md/.html and figures there (default: the study folder)")
+    p.add_argument("--spec", help="take the spec from this file instead of the one recorded, e.g. for notes added "
+                                  "since; it must describe the same study")
     p.set_defaults(func=cmd_sweep_report)
 
     p = sub.add_parser("claims", help="test each of the seed's conclusions by studies, with computed verdicts")

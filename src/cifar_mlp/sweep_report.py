@@ -12,7 +12,7 @@ from pathlib import Path
 from cifar_mlp import UserError, plots, rundir
 from cifar_mlp.environment import machine_line
 from cifar_mlp.report import table, to_html, to_markdown
-from cifar_mlp.sweep import JOURNAL, RECORD, Spec, masked, open_storage, parse_spec
+from cifar_mlp.sweep import JOURNAL, RECORD, Spec, load_spec, masked, open_storage, parse_spec
 
 FIGURES = ("objective", "val_acc", "val_loss", "test_acc", "last_val_acc", "train_acc", "epochs", "train_seconds",
            "run_dir")
@@ -204,9 +204,9 @@ def write_summary(study, spec: Spec, study_dir, storage_url: str | None, spec_pa
     return out / "summary.md"
 
 
-def rebuild(study_dir, storage_url: str | None = None, out=None) -> Path:
-    """`cifar-mlp sweep-report DIR [--out FOLDER]`: the summary again, from the spec recorded in DIR and the
-    storage."""
+def rebuild(study_dir, storage_url: str | None = None, out=None, spec_path=None) -> Path:
+    """`cifar-mlp sweep-report DIR [--out FOLDER] [--spec SPEC]`: the summary again, from the storage and the spec
+    recorded in DIR, or SPEC if given (the same study, perhaps with newer notes: nothing is trained for them)."""
     study_dir = Path(study_dir)
     record = rundir.read_json(study_dir / RECORD, f"`cifar-mlp sweep SPEC --study-dir {study_dir}`",
                               ("spec", "spec_text", "storage"))
@@ -216,10 +216,15 @@ def rebuild(study_dir, storage_url: str | None = None, out=None) -> Path:
     import optuna
 
     spec = parse_spec(record["spec_text"], f"the spec recorded in {study_dir / RECORD}", record.get("n_trials"))
+    if spec_path:
+        recorded, spec = spec, load_spec(spec_path, record.get("n_trials"))
+        if spec.name != recorded.name or spec.identity() != recorded.identity():
+            raise UserError(f"{spec_path} describes another study than the one in {study_dir} (its name, space, "
+                            "base, seeds or objective differ); give the spec the study was run with")
     storage = open_storage(storage_url, study_dir, spec.heartbeat_seconds)
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:
         raise UserError(f"no study named {spec.name!r} in {storage_url or study_dir / JOURNAL}; run cifar-mlp sweep "
                         "first") from None
-    return write_summary(study, spec, study_dir, storage_url, record["spec"], out)
+    return write_summary(study, spec, study_dir, storage_url, str(spec_path or record["spec"]), out)
