@@ -334,7 +334,8 @@ def test_notes_describe_named_points_in_the_summary_and_can_be_added_after_the_r
     assert "| val acc (last epoch) | train acc (last epoch) | train s | note |" in summary
     spec.write_text(body + '[notes]\nnarrow = "a quarter of the units"\n')  # newer notes, the study unchanged
     rebuilt = sweep_report.rebuild(study_dir, spec_path=spec).read_text()
-    assert "| a quarter of the units |" in rebuilt and "four times" not in rebuilt
+    assert "| a quarter of the units |" in rebuilt and "four times" not in rebuilt and f"--spec {spec}`" in rebuilt
+    assert "effects.png" not in rebuilt  # named points alone: the ranked table is their effect
     other = tmp_path / "other.toml"
     other.write_text(body.replace("[64]", "[32]"))
     with pytest.raises(UserError, match="describes another study than the one in"):

@@ -88,8 +88,9 @@ def point_table(rows: list[dict], spec: Spec) -> list[dict]:
 
 
 def effects(rows: list[dict], spec: Spec) -> dict[str, list[tuple[str, float, float, int]]]:
-    """For each swept key, the objective's mean ± std over the completed trials at each of its values."""
-    keys = ["point"] * bool(spec.points) + [k for k, v in spec.space.items() if isinstance(v, list)]
+    """For each swept key, the objective's mean ± std over the completed trials at each of its values (named points
+    alone are ranked in the points table already)."""
+    keys = ["point"] * bool(spec.points and spec.space) + [k for k, v in spec.space.items() if isinstance(v, list)]
     out = {}
     for key in keys:
         choices = list(spec.points) if key == "point" else spec.space[key]
@@ -132,8 +133,8 @@ def optuna_figures(study, spec: Spec, out: Path) -> list[tuple]:
     return blocks
 
 
-def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: str,
-          out: Path) -> tuple[list, list[dict]]:
+def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: str, out: Path,
+          spec_given: bool) -> tuple[list, list[dict]]:
     rows = trial_rows(study, spec)
     states = {}
     for row in rows:
@@ -184,17 +185,18 @@ def build(study, spec: Spec, study_dir: Path, storage: str | None, spec_path: st
                ("p", "Machines: " + ("; ".join(machines(rows)) or "none recorded") + "."),
                ("p", f"Command: `{command}` (a finished study prints this summary and trains nothing); "
                      f"`cifar-mlp sweep-report {study_dir}" + (f" --out {out}" if out != study_dir else "")
-                     + "` rebuilds it from the storage.")]
+                     + (f" --spec {spec_path}" if spec_given else "") + "` rebuilds it from the storage.")]
     return blocks, rows
 
 
-def write_summary(study, spec: Spec, study_dir, storage_url: str | None, spec_path: str = "", out=None) -> Path:
+def write_summary(study, spec: Spec, study_dir, storage_url: str | None, spec_path: str = "", out=None,
+                  spec_given: bool = False) -> Path:
     """trials.csv, summary.md, summary.html and their figures of the study in study_dir, written into out (default:
     study_dir; docs/ publishes a study this way); returns summary.md's path."""
     study_dir = Path(study_dir)
     out = Path(out or study_dir)
     spec_path = spec_path or rundir.read_json(study_dir / RECORD, "cifar-mlp sweep").get("spec", "SPEC.toml")
-    blocks, rows = build(study, spec, study_dir, storage_url and masked(storage_url), spec_path, out)
+    blocks, rows = build(study, spec, study_dir, storage_url and masked(storage_url), spec_path, out, spec_given)
     header = list(rows[0]) if rows else ["number", "state"]
     rundir.write_csv(out / "trials.csv", header,
                      [[json.dumps(v) if isinstance(v, list) else v for v in r.values()] for r in rows])
@@ -227,4 +229,4 @@ def rebuild(study_dir, storage_url: str | None = None, out=None, spec_path=None)
     except KeyError:
         raise UserError(f"no study named {spec.name!r} in {storage_url or study_dir / JOURNAL}; run cifar-mlp sweep "
                         "first") from None
-    return write_summary(study, spec, study_dir, storage_url, str(spec_path or record["spec"]), out)
+    return write_summary(study, spec, study_dir, storage_url, str(spec_path or record["spec"]), out, bool(spec_path))
