@@ -40,6 +40,8 @@ STUDY_KEYS = {"name", "base", "objective", "sampler", "pruner", "seeds", "n_tria
               "pruner_startup_trials", "heartbeat_seconds"}
 MAX_RETRIES = 3  # a (point, seed) that fails this many times more is given up
 JOURNAL = "study.journal"
+LAST_EPOCH = {"last_val_acc": "val_acc", "train_acc": "train_acc"}  # a trial's figure: the history column it is,
+# at the last epoch
 RECORD = "sweep.json"  # what sweep-report needs: the spec and the storage
 POLL_SECONDS = 2.0
 
@@ -447,7 +449,7 @@ def record(trial, spec: Spec, history: list[dict], metrics: dict | None, run_dir
     best = min(history, key=lambda r: r["val_loss"])
     figures = {"val_acc": best["val_acc"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
                "epochs": len(history), "train_seconds": sum(r["epoch_time_s"] for r in history),
-               "last_val_acc": history[-1]["val_acc"], "train_acc": history[-1]["train_acc"],
+               **{k: history[-1][h] for k, h in LAST_EPOCH.items()},
                "test_acc": metrics["splits"]["test"]["accuracy"] if metrics and "test" in metrics["splits"] else None,
                "run_dir": str(run_dir)}
     figures["objective"] = figures[spec.objective]

@@ -12,11 +12,10 @@ from pathlib import Path
 from cifar_mlp import UserError, plots, rundir
 from cifar_mlp.environment import machine_line
 from cifar_mlp.report import table, to_html, to_markdown
-from cifar_mlp.sweep import JOURNAL, RECORD, Spec, load_spec, masked, open_storage, parse_spec
+from cifar_mlp.sweep import JOURNAL, LAST_EPOCH, RECORD, Spec, load_spec, masked, open_storage, parse_spec
 
 FIGURES = ("objective", "val_acc", "val_loss", "test_acc", "last_val_acc", "train_acc", "epochs", "train_seconds",
            "run_dir")
-LAST_EPOCH = {"last_val_acc": "val_acc", "train_acc": "train_acc"}  # trials.csv's column: the history's
 
 
 def trial_rows(study, spec: Spec) -> list[dict]:
