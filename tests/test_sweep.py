@@ -3,6 +3,7 @@ real PostgreSQL when CIFAR_MLP_POSTGRES_URL names one (.ci/run starts it; REQUIR
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -196,6 +197,22 @@ def test_missing_spec_unreachable_storage_and_a_changed_space(synthetic_root, tm
     other = write_spec(tmp_path, space='"optim.lr" = [1e-3, 2e-3]')
     with pytest.raises(UserError, match="already exists in this storage with another space"):
         sweep.sweep(other, tmp_path / "study", data_dir=synthetic_root)
+
+
+def test_a_study_refuses_its_base_preset_once_edited(tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text((config.PRESET_DIR / "seed.toml").read_text())
+    spec = write_spec(tmp_path, space='"optim.lr" = [1e-3]')
+    Path(spec).write_text(Path(spec).read_text().replace('base = "seed"', f'base = "{preset.as_posix()}"'))
+    storage = sweep.open_storage(None, tmp_path / "study", 10)
+    sweep.open_study(sweep.load_spec(spec), storage)
+    preset.write_text(preset.read_text().replace("dropout = 0.2", "dropout = 0.3"))
+    changed = re.escape(f"the preset {preset.as_posix()} that study 'g' starts from has changed")
+    with pytest.raises(UserError, match=changed):
+        sweep.open_study(sweep.load_spec(spec), storage)
+    study = study_of(tmp_path / "study")  # a study begun before studies recorded their presets is let through
+    study.set_user_attr("spec", {k: v for k, v in study.user_attrs["spec"].items() if k != "presets"})
+    sweep.open_study(sweep.load_spec(spec), storage)
 
 
 def test_a_grid_that_gains_seeds_trains_only_the_new_ones_and_cannot_lose_them(synthetic_root, tmp_path):

@@ -71,9 +71,12 @@ class Spec:
         return OBJECTIVES[self.objective]
 
     def identity(self) -> dict:
-        """What makes two specs the same study (n_trials may grow between runs)."""
+        """What makes two specs the same study (n_trials may grow between runs), with the presets its points start
+        from as they read now: a preset edited mid-study would otherwise be mixed into it unnoticed."""
+        presets = {p.get("preset", self.base) for p in self.points.values()} if self.points else {self.base}
         return {"base": self.base, "objective": self.objective, "sampler": self.sampler, "seeds": self.seeds,
-                "fixed": self.fixed, "space": self.space, "points": self.points}
+                "fixed": self.fixed, "space": self.space, "points": self.points,
+                "presets": {name: config.read_toml(name) for name in sorted(presets)}}
 
 
 def encode(value) -> str:
@@ -264,8 +267,15 @@ def open_study(spec: Spec, storage):
     study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=spec.direction, load_if_exists=True)
     stored, identity = study.user_attrs.get("spec"), json.loads(json.dumps(spec.identity()))
+    if stored is not None and "presets" not in stored:  # begun before studies recorded their presets
+        del identity["presets"]
     if stored is None or adds_seeds(stored, identity):
         study.set_user_attr("spec", identity)
+    elif stored != identity and {**stored, "presets": None} == {**identity, "presets": None}:
+        changed = [name for name, preset in identity["presets"].items() if stored["presets"].get(name) != preset]
+        raise UserError(f"the preset {', '.join(changed)} that study {spec.name!r} starts from has changed since the "
+                        "study began; restore it, or give the spec another study.name (cifar-mlp sweep-report "
+                        "still rebuilds this one's summary)")
     elif stored != identity:
         raise UserError(f"a study named {spec.name!r} already exists in this storage with another space, base, "
                         "seeds or objective (a grid may only add seeds); give the spec another study.name, or use "
