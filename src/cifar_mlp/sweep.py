@@ -271,12 +271,12 @@ def open_study(spec: Spec, storage):
         del identity["presets"]
     if stored is None or adds_seeds(stored, identity):
         study.set_user_attr("spec", identity)
-    elif stored != identity and {**stored, "presets": None} == {**identity, "presets": None}:
-        changed = [name for name, preset in identity["presets"].items() if stored["presets"].get(name) != preset]
-        raise UserError(f"the preset {', '.join(changed)} that study {spec.name!r} starts from has changed since the "
-                        "study began; restore it, or give the spec another study.name (cifar-mlp sweep-report "
-                        "still rebuilds this one's summary)")
     elif stored != identity:
+        if {**stored, "presets": None} == {**identity, "presets": None}:  # only a preset's content differs
+            changed = [name for name, preset in identity["presets"].items() if stored["presets"].get(name) != preset]
+            raise UserError(f"the preset {', '.join(changed)} that study {spec.name!r} starts from has changed since "
+                            "the study began; restore it, or give the spec another study.name (cifar-mlp "
+                            "sweep-report still rebuilds this one's summary)")
         raise UserError(f"a study named {spec.name!r} already exists in this storage with another space, base, "
                         "seeds or objective (a grid may only add seeds); give the spec another study.name, or use "
                         "another --study-dir/--storage")
