@@ -56,6 +56,10 @@ def test_config_from_a_toml_path(tmp_path):
         ({"model": {"members": 0}}, r"model.members must be a finite number in \[1, 1,000\]"),
         ({"model": {"bottleneck": -1}}, r"model.bottleneck must be a finite number in \[0, "),
         ({"model": {"bottleneck": 1.5}}, "model.bottleneck must be of type int"),
+        ({"optim": {"optimizer": "lion"}}, "optim.optimizer must be one of adamw, muon, sgd"),
+        ({"optim": {"momentum": 1.0}}, r"optim.momentum must be a finite number in \[0, 1\)"),
+        ({"model": {"architecture": "cnn", "widths": [8, 8, 8]}, "optim": {"optimizer": "muon"}},
+         "the cnn comparator's are convolution filters; use adamw or sgd"),
     ],
 )
 def test_bad_values_get_one_line_errors(raw, message):

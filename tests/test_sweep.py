@@ -178,6 +178,7 @@ def test_tpe_samples_ranges_and_trains_each_point_once_per_seed(synthetic_root, 
     ('"optim.lr" = {low = 1e-3, high = 1e-2}', "", "a grid needs a list of values"),
     ('"optim.lr" = [1e-3]', 'sampler = "bayes"', "study.sampler must be one of grid, tpe, random"),
     ('"optim.lr" = [1e-3]', "colour = 1", "unknown key study.colour"),
+    ('"optim" = [1e-3]', "", "'optim' is not a key of the form section.key"),
 ])
 def test_bad_specs_are_one_line_errors_before_training(tmp_path, space, study, message):
     spec = write_spec(tmp_path, space=space, study=study)
@@ -320,6 +321,15 @@ def test_a_point_can_name_its_own_preset(tmp_path):
     assert own.model.widths == [512, 256, 128] and own.optim.lr == 0.5
     with pytest.raises(UserError, match="no preset named 'nope'"):
         sweep.parse_spec('[study]\nname = "p"\n[points.x]\npreset = "nope"\n', "spec")
+
+
+def test_a_point_name_with_an_unquoted_dot_is_a_one_line_error():
+    with pytest.raises(UserError, match=r'holds a table \'95\'.*quote a point name that has a dot: '
+                                        r'\[points."m-0.95"\]') as info:
+        sweep.parse_spec('[study]\nname = "p"\n[points.m-0.95]\n"optim.momentum" = 0.95\n', "spec")
+    assert "\n" not in str(info.value)
+    quoted = sweep.parse_spec('[study]\nname = "p"\n[points."m-0.95"]\n"optim.momentum" = 0.95\n', "spec")
+    assert quoted.points == {"m-0.95": {"optim.momentum": 0.95}}
 
 
 def test_named_points_alone_are_not_named_twice_in_the_summary():

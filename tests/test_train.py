@@ -59,6 +59,8 @@ def test_same_seed_same_history_other_seed_differs(tiny_config, synthetic_root, 
     ({"mix": "cutmix"}, {"schedule": "onecycle", "warmup_epochs": 1.0, "ema_decay": 0.9}, {}),
     ({}, {"schedule": "onecycle", "warmup_epochs": 1.0},
      {"members": 2, "whitening": "project", "whitening_dims": 40, "input_dropout": 0.2}),
+    ({}, {"optimizer": "muon", "schedule": "onecycle", "warmup_epochs": 1.0}, {"members": 2, "bottleneck": 16}),
+    ({}, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}, {}),
 ])
 def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch, data, optim, model):
     cfg = dataclasses.replace(
@@ -385,3 +387,80 @@ def test_at_a_constant_learning_rate_a_short_run_is_the_start_of_a_longer_one(ti
     longer = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, epochs=6))
     short, full = run(tiny_config, tmp_path / "short", synthetic_root), run(longer, tmp_path / "long", synthetic_root)
     assert without_timing(full[:4]) == without_timing(short)
+
+
+def test_muon_steps_the_hidden_weight_matrices_and_adamw_the_rest(tiny_config):
+    cfg = dataclasses.replace(tiny_config, optim=dataclasses.replace(tiny_config.optim, optimizer="muon"),
+                              model=dataclasses.replace(tiny_config.model, members=2, bottleneck=16))
+    model = build_model(cfg.model)
+    muon, adamw = train.make_optimizer(model, cfg).optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    hidden = [m.weight for member in model for m in member.blocks.modules() if isinstance(m, nn.Linear)]
+    assert len(hidden) == 2 * 3  # per member: two blocks' Linear and the bottleneck between them
+    in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    in_adamw = {id(p) for group in adamw.param_groups for p in group["params"]}
+    assert in_muon == {id(p) for p in hidden}
+    assert in_adamw == {id(p) for p in model.parameters()} - in_muon
+    assert all(id(member.head.weight) in in_adamw for member in model)
+    sgd = train.make_optimizer(model, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, optimizer="sgd")))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("muon", 3e-3)])
+def test_sgd_and_muon_lower_the_loss_and_follow_the_schedule(tiny_config, synthetic_root, tmp_path, optimizer, lr):
+    cfg = dataclasses.replace(tiny_config, optim=dataclasses.replace(
+        tiny_config.optim, optimizer=optimizer, lr=lr, schedule="cosine"))
+    history = run(cfg, tmp_path / "run", synthetic_root)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert [row["lr"] for row in history] == sorted((row["lr"] for row in history), reverse=True)
+    adamw = run(tiny_config, tmp_path / "adamw", synthetic_root)
+    assert without_timing(history) != without_timing(adamw)
+
+
+def with_teacher(cfg, teacher, weight=0.5, temperature=1.0, **data):
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, teacher=str(teacher)),
+                               optim=dataclasses.replace(cfg.optim, distill_weight=weight,
+                                                         distill_temperature=temperature),
+                               data=dataclasses.replace(cfg.data, **data))
+
+
+@pytest.mark.parametrize(("weight", "temperature"), [(1.0, 1.0), (0.5, 3.0)])
+def test_a_student_learns_from_its_teachers_probabilities_blended_with_the_labels(
+        tiny_config, synthetic_root, tmp_path, monkeypatch, weight, temperature):
+    teacher_cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, members=2))
+    run(teacher_cfg, tmp_path / "teacher", synthetic_root)
+    ckpt = checkpoint.load(tmp_path / "teacher" / "checkpoints" / "best.pt")
+    teacher = checkpoint.build_model(ckpt, "teacher")
+    targets = []
+    real_forward_loss = train.forward_loss
+
+    def spy(model, loss_fn, x, target, bf16):
+        targets.append((x.clone(), target.clone()))
+        return real_forward_loss(model, loss_fn, x, target, bf16)
+
+    monkeypatch.setattr(train, "forward_loss", spy)
+    history = run(with_teacher(tiny_config, tmp_path / "teacher", weight, temperature), tmp_path / "s", synthetic_root)
+    assert len(history) == 4 and targets
+    for x, target in targets:
+        from_teacher = (predict_logits(teacher, x) / temperature).softmax(1)
+        from_label = (target - weight * from_teacher) / (1 - weight) if weight < 1 else torch.zeros_like(target)
+        assert torch.allclose(target.sum(1), torch.ones(len(x)))
+        if weight < 1:  # what is left is one label per image
+            assert torch.allclose(from_label.max(1).values, torch.ones(len(x)), atol=1e-5)
+        else:
+            assert torch.allclose(target, from_teacher, atol=1e-6)
+    environment = rundir.read_environment(tmp_path / "s")
+    assert environment["teacher"] == {"checkpoint": str(tmp_path / "teacher" / "checkpoints" / "best.pt"),
+                                      "epoch": ckpt["epoch"]}
+
+
+def test_teachers_that_cannot_teach_are_one_line_errors(tiny_config, synthetic_root, tmp_path):
+    other_split = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, split_seed=1))
+    run(other_split, tmp_path / "other-split", synthetic_root)
+    for teacher, message in ((tmp_path / "other-split", "was trained on another train/validation split"),
+                             (tmp_path / "nowhere", "checkpoint .* not found")):
+        with pytest.raises(UserError, match=message) as info:
+            run(with_teacher(tiny_config, teacher), tmp_path / "student", synthetic_root, overwrite=True)
+        assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="with a teacher, set data.augment = \\[\\]"):
+        train.validate(with_teacher(tiny_config, tmp_path / "other-split", augment=["flip"]))

@@ -45,7 +45,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum) | muon (hidden weight matrices; AdamW for the rest)
     lr: float = 1e-6
+    momentum: float = 0.9  # sgd and muon
     weight_decay: float = 0.01
     schedule: str = "none"  # none | cosine | onecycle
     warmup_epochs: float = 0.0
@@ -53,6 +55,8 @@ class OptimConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     ema_decay: float = 0.0  # per-step decay of a moving average of the weights, evaluated and saved; 0: off
     sam_rho: float = 0.0  # sharpness-aware minimisation: radius of the weight perturbation; 0: plain steps
+    distill_weight: float = 0.5  # with train.teacher: the teacher's share of each target, the label's the rest
+    distill_temperature: float = 1.0  # with train.teacher: divides the teacher's logits (above 1 softens them)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast of the matmuls where the device has native bf16, else float32
     tensorboard: bool = False  # also log to TensorBoard event files under RUN/tensorboard
     grad_norms: bool = False  # add each weight layer's gradient norm (mean over the epoch's steps) to history.csv
+    teacher: str = ""  # distillation: a run directory (or checkpoint) whose predictions the targets blend in
 
 
 @dataclass
@@ -84,6 +89,7 @@ CHOICES = {
     "model.activation": {"relu", "gelu"},
     "model.order": {"act-norm", "norm-act"},
     "model.whitening": {"none", "pca", "zca", "project"},
+    "optim.optimizer": {"adamw", "sgd", "muon"},
     "optim.schedule": {"none", "cosine", "onecycle"},
     "train.device": {"auto", "cpu", "cuda"},
 }
@@ -147,12 +153,15 @@ RANGES = {
     "model.members": (1, 1000, True, True),
     "model.bottleneck": (0, 2**31 - 1, True, True),
     "optim.lr": (0, 1e3, False, True),
+    "optim.momentum": (0, 1, True, False),
     "optim.weight_decay": (0, 1e3, True, True),
     "optim.warmup_epochs": (0, 10**6, True, True),
     "optim.label_smoothing": (0, 1, True, False),
     "optim.grad_clip": (0, 1e12, True, True),
     "optim.ema_decay": (0, 1, True, False),
     "optim.sam_rho": (0, 1e3, True, True),
+    "optim.distill_weight": (0, 1, True, True),
+    "optim.distill_temperature": (0, 1e3, False, True),
     "train.epochs": (1, 10**6, True, True),
     "train.batch_size": (1, 2**31 - 1, True, True),
     "train.seed": (0, SEED_MAX, True, True),
@@ -182,6 +191,9 @@ def validate(c: Config) -> None:
         raise UserError(f"config: optim.warmup_epochs ({c.optim.warmup_epochs}) exceeds train.epochs")
     if c.model.architecture == "cnn":
         check_comparator(c.model)
+        if c.optim.optimizer == "muon":
+            raise UserError("config: optim.optimizer=muon orthogonalises weight matrices, and the cnn comparator's "
+                            "are convolution filters; use adamw or sgd with model.architecture=cnn")
     if c.train.batch_size == 1 and (c.model.norm == "batch" or c.model.architecture == "cnn"):
         raise UserError("config: train.batch_size=1 cannot train BatchNorm, which needs at least 2 images per batch; "
                         "use a batch size of 2 or more, or --set model.norm=layer")
@@ -190,6 +202,9 @@ def validate(c: Config) -> None:
         value = getattr(getattr(c, section), name)
         if value not in allowed:
             raise UserError(f"config: {key} must be one of {', '.join(sorted(allowed))}, got {value!r}")
+    if c.train.teacher and (c.data.augment or c.data.mix != "none"):
+        raise UserError("config: train.teacher distils the teacher's predictions for the train images as they are; "
+                        "with a teacher, set data.augment = [] and data.mix = \"none\"")
     unknown = set(c.data.augment) - AUGMENTATIONS
     if unknown:
         raise UserError(f"config: data.augment accepts {sorted(AUGMENTATIONS)}, got {sorted(unknown)}")
@@ -254,7 +269,10 @@ def with_values(raw: dict, values: dict) -> Config:
     """Raw config tables with values set by key ("section.key" strings, or (section, key) pairs), validated."""
     raw = copy.deepcopy(raw)
     for name, value in values.items():
-        section, key = name.split(".", 1) if isinstance(name, str) else name
+        parts = name.split(".", 1) if isinstance(name, str) else name
+        if len(parts) != 2:
+            raise UserError(f"config: {name!r} is not a key of the form section.key, e.g. optim.lr")
+        section, key = parts
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise UserError(f"config: [{section}] must be a table of keys")

@@ -148,6 +148,11 @@ def check_spec(spec: Spec, where: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or not isinstance(point, dict):
             raise UserError(f"{where}: [points.{name}] must be a table of config keys, named with letters, digits, "
                             "'.', '_' or '-'")
+        nested = [key for key, value in point.items() if isinstance(value, dict)]
+        if nested:
+            raise UserError(f"{where}: [points.{name}] holds a table {nested[0]!r}, not a value: a header such as "
+                            f"[points.{name}.{nested[0]}] nests tables, so quote a point name that has a dot: "
+                            f"[points.\"{name}.{nested[0]}\"]")
     for name, note in spec.notes.items():
         if name not in spec.points or not isinstance(note, str):
             raise UserError(f"{where}: notes.{name} must be a string about one of the [points.NAME] "

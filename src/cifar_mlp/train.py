@@ -82,9 +82,68 @@ def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW with its fused kernel (measurably faster on CPU: BENCHMARKS.md); lr is set per step by lr_factor."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
+class Optimizers:
+    """Several optimizers stepped, scheduled and checkpointed as one: Muon takes only weight matrices."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """Read afresh each time: load_state_dict replaces an optimizer's group dicts."""
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, one in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(one)
+
+
+def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer | Optimizers:
+    """optim.optimizer; lr is set per step by lr_factor. AdamW uses its fused kernel (measurably faster on CPU:
+    BENCHMARKS.md). SGD's weight decay is torch's L2 penalty, coupled to the gradient. Muon (Jordan et al. 2024)
+    steps each hidden layer's weight matrix by its orthogonalised momentum, scaled to AdamW's update size
+    ("match_rms_adamw"), so that AdamW's learning rate and weight decay carry over; the output layer, biases and
+    norms, which Muon is not meant for, stay with AdamW."""
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0,
+                               weight_decay=o.weight_decay)
+    adamw = functools.partial(torch.optim.AdamW, lr=o.lr, weight_decay=o.weight_decay, fused=True)
+    if o.optimizer == "adamw":
+        return adamw(model.parameters())
+    hidden = {name: p for name, p in model.named_parameters() if p.ndim == 2 and "head" not in name.split(".")}
+    rest = [p for name, p in model.named_parameters() if name not in hidden]
+    return Optimizers(torch.optim.Muon(hidden.values(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                                       adjust_lr_fn="match_rms_adamw"), adamw(rest))
+
+
+def teacher_probabilities(cfg: Config, splits, device: torch.device) -> tuple[torch.Tensor | None, dict]:
+    """The teacher's (train.teacher) probabilities for every train image, at optim.distill_temperature, computed
+    once: without augmentation each image's target is fixed, so the teacher never runs during training
+    (distillation, Hinton et al. 2015; the student's logits are not softened). A teacher trained on another split
+    has seen this run's validation images, and is refused."""
+    if not cfg.train.teacher:
+        return None, {}
+    path, _ = checkpoint.locate(cfg.train.teacher)
+    ckpt = checkpoint.load(path)
+    if ckpt["split"].get("fingerprint") != splits.info["fingerprint"]:
+        raise UserError(f"the teacher {path} was trained on another train/validation split, so it has seen this "
+                        "run's validation images; train the teacher with this run's data.val_per_class and "
+                        "data.split_seed")
+    teacher = checkpoint.build_model(ckpt, path).to(device)
+    logits = predict_logits(teacher, splits.train.images).clone()
+    return (logits / cfg.optim.distill_temperature).softmax(1), {"checkpoint": str(path), "epoch": ckpt["epoch"]}
 
 
 def make_ema(model, cfg: Config) -> AveragedModel | None:
@@ -129,12 +188,14 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool)
             p.copy_(original)
 
 
-def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None):
+def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None,
+                teacher_probs: torch.Tensor | None = None):
     """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
     tensors (so that the host waits for the device once per epoch, not once per step), each step's lr, and
     (train.grad_norms) each weight layer's gradient norm summed over the steps, else None.
     With mixup/cutmix the loss is against the blended labels, the accuracy against the label with the larger
-    share of each blended image."""
+    share of each blended image; with a teacher, the loss is against each label blended with the teacher's
+    probabilities for that image, the accuracy against the label."""
     model.train()
     device = split.images.device
     n = len(split.labels)
@@ -158,6 +219,9 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         if cfg.data.mix != "none":
             x, target = mix(x, y, cfg.data.mix, cfg.data.mix_alpha)
             y = target.argmax(1)
+        if teacher_probs is not None:
+            target = torch.lerp(nn.functional.one_hot(y, teacher_probs.shape[1]).float(), teacher_probs[idx],
+                                cfg.optim.distill_weight)
         logits, loss = forward_loss(model, loss_fn, x, target, cfg.train.bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,8 +276,9 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
     data = data or load_cifar10(data_dir, allow_download)
     splits = make_splits(data, cfg.data.val_per_class, cfg.data.split_seed, device)
     rundir.write_json(cfg.to_dict(), run_dir / rundir.CONFIG)
+    teacher_probs, teacher = teacher_probabilities(cfg, splits, device)
     rundir.write_json({**environment.describe(device), "bf16_autocast": bf16, "data_folder": str(data.folder),
-                       "split": splits.info}, run_dir / rundir.ENVIRONMENT)
+                       "split": splits.info, **({"teacher": teacher} if teacher else {})}, run_dir / rundir.ENVIRONMENT)
 
     torch.manual_seed(cfg.train.seed)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
@@ -249,7 +314,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
             start = time.perf_counter()
             loss_sum, correct, lrs, grad_norm_sum = train_epoch(model, optimizer, loss_fn, splits.train, as_run,
-                                                                shuffle, epoch, ema)
+                                                                shuffle, epoch, ema, teacher_probs)
             val_logits = predict_logits(evaluated, splits.validation.images)
             val_loss = loss_fn(val_logits, splits.validation.labels).item()
             val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
