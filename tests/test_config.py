@@ -47,6 +47,7 @@ def test_config_from_a_toml_path(tmp_path):
         ({"data": {"augment": ["rotate"]}}, "data.augment accepts"),
         ({"data": {"augment": ["affine"], "rotate": float("nan")}}, r"data.rotate must be a finite number in \[0, 180"),
         ({"data": {"zoom": 0.6}}, r"data.zoom must be a finite number in \[0, 0.5\]"),
+        ({"data": {"colour": -0.1}}, r"data.colour must be a finite number in \[0, 1\]"),
         ({"optim": {"warmup_epochs": 100.0}}, "exceeds train.epochs"),
         ({"optim": {"ema_decay": 1.0}}, r"optim.ema_decay must be a finite number in \[0, 1\)"),
         ({"data": {"mix": "mosaic"}}, "data.mix must be one of cutmix, mixup, none"),

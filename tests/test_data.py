@@ -144,6 +144,24 @@ def test_affine_augmentation_draws_a_rotation_and_zoom_per_image_within_its_boun
     assert zoomed.shape == x.shape and not torch.allclose(zoomed, x, atol=1e-3)
 
 
+def test_colour_jitter_is_torchvisions_with_a_factor_per_image():
+    from torchvision.transforms.v2 import functional as F
+
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    pixels = torch.rand(16, 3, 32, 32)
+    x = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(augment(x, ["colour"], translate=4, colour=0.0, normalisation=(mean, std)), x, atol=1e-5)
+    torch.manual_seed(0)
+    jittered = augment(x, ["colour"], translate=4, colour=0.4, normalisation=(mean, std))
+    torch.manual_seed(0)
+    factors = (1 + (torch.rand(3, 16) * 2 - 1) * 0.4).tolist()
+    assert all(0.6 <= f <= 1.4 for row in factors for f in row) and len(set(factors[0])) == 16
+    for i, (brightness, contrast, saturation) in enumerate(zip(*factors, strict=True)):
+        expected = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(pixels[i], brightness), contrast),
+                                       saturation)
+        assert torch.allclose(jittered[i], normalise(expected * 255, mean, std)[0], atol=1e-5)
+
+
 def test_mixup_blends_each_image_with_its_neighbour_in_the_label_proportion():
     torch.manual_seed(0)
     x, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 10

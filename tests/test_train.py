@@ -55,7 +55,7 @@ def test_same_seed_same_history_other_seed_differs(tiny_config, synthetic_root, 
 
 
 @pytest.mark.parametrize("data, optim, model", [
-    ({"augment": ["affine", "flip", "crop"]}, {"schedule": "cosine", "warmup_epochs": 1.0}, {}),
+    ({"augment": ["affine", "flip", "crop", "colour"]}, {"schedule": "cosine", "warmup_epochs": 1.0}, {}),
     ({"mix": "cutmix"}, {"schedule": "onecycle", "warmup_epochs": 1.0, "ema_decay": 0.9}, {}),
     ({}, {"schedule": "onecycle", "warmup_epochs": 1.0},
      {"members": 2, "whitening": "project", "whitening_dims": 40, "input_dropout": 0.2}),

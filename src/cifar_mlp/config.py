@@ -17,10 +17,11 @@ PRESET_DIR = Path(__file__).parent / "configs"
 class DataConfig:
     val_per_class: int = 500
     split_seed: int = 0
-    augment: list[str] = field(default_factory=list)  # any of "flip", "crop", "affine"; on the device per batch
+    augment: list[str] = field(default_factory=list)  # any of "flip", "crop", "affine", "colour"; on the device
     translate: int = 4  # "crop": the largest shift in pixels, each way (a crop of the image padded by this much)
     rotate: float = 10.0  # "affine": the largest rotation in degrees, each way
     zoom: float = 0.1  # "affine": the largest change of scale, each way (0.1: zoomed by a factor in [0.9, 1.1])
+    colour: float = 0.2  # "colour": the largest change of brightness, contrast and saturation, each way
     mix: str = "none"  # none | mixup | cutmix: blend pairs of training images and their labels, per batch
     mix_alpha: float = 1.0  # the mixing ratio is drawn from Beta(mix_alpha, mix_alpha)
 
@@ -93,7 +94,7 @@ CHOICES = {
     "optim.schedule": {"none", "cosine", "onecycle"},
     "train.device": {"auto", "cpu", "cuda"},
 }
-AUGMENTATIONS = {"flip", "crop", "affine"}
+AUGMENTATIONS = {"flip", "crop", "affine", "colour"}
 
 
 def _coerce(key: str, value, annotation):
@@ -145,6 +146,7 @@ RANGES = {
     "data.translate": (1, 16, True, True),
     "data.rotate": (0, 180, True, True),
     "data.zoom": (0, 0.5, True, True),
+    "data.colour": (0, 1, True, True),
     "model.widths": (1, 2**31 - 1, True, True),
     "model.dropout": (0, 1, True, False),
     "model.input_dropout": (0, 1, True, False),

@@ -186,6 +186,8 @@ class Split:
     images: torch.Tensor  # float32 N x 3 x 32 x 32, normalised, on the device
     labels: torch.Tensor  # int64 N, on the device
     indices: np.ndarray  # positions in the official train (or test) order
+    mean: list[float]  # the per-channel normalisation of the images (colour jitter undoes it)
+    std: list[float]
 
 
 @dataclass
@@ -211,7 +213,8 @@ def make_splits(data: Cifar10, val_per_class: int, split_seed: int, device, mean
         mean, std = channel_stats(data.train_images[train_idx])
 
     def build(images, labels, idx):
-        return Split(normalise(images[idx], mean, std, device), torch.as_tensor(labels[idx]).to(device), idx)
+        return Split(normalise(images[idx], mean, std, device), torch.as_tensor(labels[idx]).to(device), idx,
+                     list(mean), list(std))
 
     test_idx = np.arange(len(data.test_labels))
     info = {
@@ -268,12 +271,30 @@ def rotate_and_zoom(x: torch.Tensor, angles: torch.Tensor, zooms: torch.Tensor) 
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def augment(x: torch.Tensor, kinds: list[str], translate: int, rotate: float = 0.0, zoom: float = 0.0
-            ) -> torch.Tensor:
-    """Batched augmentation on the device: a random rotation by up to `rotate` degrees and change of scale by up
+def jitter_colour(x: torch.Tensor, strength: float, mean: list[float], std: list[float]) -> torch.Tensor:
+    """torchvision's colour adjustments with a factor per image (its batched ColorJitter draws one for the whole
+    batch), in a fixed order where ColorJitter shuffles it: brightness, contrast, then saturation, each scaled by
+    a factor drawn from [1 - strength, 1 + strength], on the pixels in [0, 1] (the normalisation undone, then
+    redone), clamped to [0, 1] after each."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    m, s = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
+    factors = 1 + (torch.rand(3, len(x), 1, 1, 1, device=x.device) * 2 - 1) * strength
+    pixels = (x * s + m).mul_(factors[0]).clamp_(0, 1)
+    pixels = torch.lerp(rgb_to_grayscale(pixels).mean((2, 3), keepdim=True), pixels, factors[1]).clamp_(0, 1)
+    pixels = torch.lerp(rgb_to_grayscale(pixels), pixels, factors[2]).clamp_(0, 1)
+    return (pixels - m) / s
+
+
+def augment(x: torch.Tensor, kinds: list[str], translate: int, rotate: float = 0.0, zoom: float = 0.0,
+            colour: float = 0.0, normalisation: tuple[list[float], list[float]] | None = None) -> torch.Tensor:
+    """Batched augmentation on the device: random colour jitter of up to `colour` each way ("colour", given the
+    images' (mean, std) normalisation), a random rotation by up to `rotate` degrees and change of scale by up
     to `zoom` each way ("affine", Lin et al. 2015's deformations), then a random horizontal flip ("flip") and a
     random translation by up to `translate` pixels each way with zero fill, i.e. a random crop of the padded
     image ("crop"), in one gather."""
+    if "colour" in kinds:
+        x = jitter_colour(x, colour, *normalisation)
     if "affine" in kinds:
         uniform = torch.rand(2, len(x), device=x.device) * 2 - 1
         x = rotate_and_zoom(x, uniform[0] * math.radians(rotate), 1 + uniform[1] * zoom)

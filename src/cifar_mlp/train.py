@@ -214,7 +214,8 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         lrs.append(lr)
         x, y = torch.index_select(split.images, 0, idx, out=buffer[: len(idx)]), split.labels[idx]
         if cfg.data.augment:
-            x = augment(x, cfg.data.augment, cfg.data.translate, cfg.data.rotate, cfg.data.zoom)
+            x = augment(x, cfg.data.augment, cfg.data.translate, cfg.data.rotate, cfg.data.zoom, cfg.data.colour,
+                        (split.mean, split.std))
         target = y
         if cfg.data.mix != "none":
             x, target = mix(x, y, cfg.data.mix, cfg.data.mix_alpha)
