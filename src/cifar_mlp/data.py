@@ -195,9 +195,16 @@ class Splits:
     train: Split
     validation: Split
     test: Split
-    mean: list[float]
-    std: list[float]
     info: dict  # split seed, sizes, fingerprint: recorded with the run
+
+    @property
+    def mean(self) -> list[float]:
+        """The train split's per-channel mean, which every split is normalised by."""
+        return self.train.mean
+
+    @property
+    def std(self) -> list[float]:
+        return self.train.std
 
     def __getitem__(self, name: str) -> Split:
         return getattr(self, name)
@@ -227,7 +234,7 @@ def make_splits(data: Cifar10, val_per_class: int, split_seed: int, device, mean
         train=build(data.train_images, data.train_labels, train_idx),
         validation=build(data.train_images, data.train_labels, val_idx),
         test=build(data.test_images, data.test_labels, test_idx),
-        mean=list(mean), std=list(std), info=info,
+        info=info,
     )
 
 
