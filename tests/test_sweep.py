@@ -312,6 +312,32 @@ def test_ctrl_c_stops_cleanly_and_leaves_the_trial_to_resume(synthetic_root, tmp
     assert retry.state.name == "WAITING" and retry.system_attrs["failed_trial"] == 0
 
 
+@pytest.mark.parametrize("whole_group", [False, True], ids=["kill-of-the-parent", "ctrl-c-to-the-group"])
+def test_a_stop_signal_stops_the_workers_cleanly(synthetic_root, tmp_path, whole_group):
+    """A kill reaches only the parent, a Ctrl-C the whole terminal group: either way every worker stops once,
+    saving its trial (before the fix, a kill left the workers training and the parent waiting for them)."""
+    spec, study_dir = write_spec(tmp_path, epochs=200), tmp_path / "study"
+    sweeping = subprocess.Popen([sys.executable, "-m", "cifar_mlp.cli", "sweep", spec, "--study-dir", str(study_dir),
+                                 "--workers", "2", "--data-dir", str(synthetic_root), "--no-download", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(list(study_dir.glob("runs/*/checkpoints/last.pt"))) < 2:
+        assert time.time() < deadline and sweeping.poll() is None
+        time.sleep(0.05)
+    if whole_group:
+        os.killpg(sweeping.pid, signal.SIGINT)
+    else:
+        sweeping.send_signal(signal.SIGTERM)
+    _, err = sweeping.communicate(timeout=60)
+    assert sweeping.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("cifar-mlp: interrupted; rerun the same command")
+    interrupted = [t for t in study_of(study_dir).trials if t.state.name == "FAIL"]
+    assert len(interrupted) == 2
+    for trial in interrupted:
+        assert 1 <= checkpoint.load(study_dir / "runs" / trial.user_attrs["run"] / "checkpoints" / "last.pt")[
+            "epoch"] < 200
+
+
 def test_a_point_can_name_its_own_preset(tmp_path):
     spec = sweep.parse_spec('[study]\nname = "p"\n[fixed]\n"train.epochs" = 6\n'
                             '[points.fast]\npreset = "fast"\n[points.own]\n"optim.lr" = 0.5\n', "spec")

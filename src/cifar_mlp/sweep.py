@@ -511,9 +511,12 @@ def trial_line(t) -> str:
 
 
 def _worker_main(args: tuple) -> None:
-    """A worker process started by --workers: its own signals, one-line errors, exit codes as the CLI's."""
+    """A worker process started by --workers: one-line errors, exit codes as the CLI's, and one stop signal, the
+    parent's SIGTERM (a Ctrl-C reaches the whole terminal group, a kill only the parent: either way the parent
+    passes it on once, so a worker is never interrupted again while it saves its trial)."""
     from cifar_mlp.cli import interrupt
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, interrupt)
     try:
         work(*args)
@@ -553,6 +556,8 @@ def sweep(spec_path, study_dir, storage_url: str | None = None, workers: int = 1
             for p in processes:
                 p.join()
         except KeyboardInterrupt:
+            for p in processes:
+                p.terminate()
             for p in processes:
                 p.join()
             raise
