@@ -160,3 +160,10 @@ def test_an_ensemble_fits_one_input_map_for_every_member():
     weight, bias = fit_whitening(images.flatten(1), cfg)
     assert ensemble.whitened and all(torch.equal(m.whiten_weight, weight) for m in ensemble)
     assert all(torch.equal(m.whiten_bias, bias) for m in ensemble)
+    ensemble.eval()
+    with torch.no_grad():  # the shared map is applied once, and changes no member's logits by a bit
+        assert torch.equal(ensemble.member_logits(images), torch.stack([member(images) for member in ensemble]))
+        torch.manual_seed(0)
+        dropped = ensemble.train().member_logits(images)
+        torch.manual_seed(0)
+        assert torch.equal(dropped, torch.stack([member(images) for member in ensemble]))  # same dropout masks

@@ -78,9 +78,15 @@ class MLP(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (N x 3 x 32 x 32, or already flat N x 3072) -> logits N x 10."""
+        return self.classify(self.map_inputs(images))
+
+    def map_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """The flat images through the fixed first layer, if any: N x the first trained layer's inputs."""
         x = images.flatten(1)
-        if self.whitened:
-            x = nn.functional.linear(x, self.whiten_weight, self.whiten_bias)
+        return nn.functional.linear(x, self.whiten_weight, self.whiten_bias) if self.whitened else x
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """map_inputs' output -> logits N x 10."""
         if self.input_dropout is not None:
             x = self.input_dropout(x)
         return self.head(self.blocks(x))
@@ -103,8 +109,10 @@ class Ensemble(nn.ModuleList):
         self.whitened = self[0].whitened
 
     def member_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """members x N x 10."""
-        return torch.stack([member(images) for member in self])
+        """members x N x 10. The fixed first layer, the same in every member, is applied once for all of them,
+        not once per member: behind best's 3072 x 512 projection that is a tenth of each training step."""
+        x = self[0].map_inputs(images)
+        return torch.stack([member.classify(x) for member in self])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return average_probabilities(self.member_logits(images))
