@@ -137,3 +137,11 @@ def test_without_the_onnx_packages_one_line_errors(evaluated, tmp_path, monkeypa
         export_onnx(run_dir, tmp_path / "again.onnx")
     with pytest.raises(UserError, match=r"needs ONNX Runtime: pip install 'cifar-mlp\[onnx\]'"):
         Classifier.from_checkpoint(out)
+
+
+def test_per_image_standardisation_exports_with_the_model(tiny_config, synthetic_root, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(
+        tiny_config.model, image_norm=True, whitening="project", whitening_dims=40))
+    train(cfg, tmp_path / "run", synthetic_root, allow_download=False, quiet=True)
+    expected, got = parity(tmp_path / "run", synthetic_root, export_onnx(tmp_path / "run", tmp_path / "g.onnx"))
+    assert np.abs(got - expected).max() < 1e-5 and (got.argmax(1) == expected.argmax(1)).all()

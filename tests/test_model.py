@@ -167,3 +167,24 @@ def test_an_ensemble_fits_one_input_map_for_every_member():
         dropped = ensemble.train().member_logits(images)
         torch.manual_seed(0)
         assert torch.equal(dropped, torch.stack([member(images) for member in ensemble]))  # same dropout masks
+
+
+def test_image_norm_standardises_each_image_before_the_fixed_first_layer():
+    torch.manual_seed(0)
+    images = torch.randn(200, 3, 32, 32) * (torch.rand(200, 1, 1, 1) * 3 + 1) + torch.randn(200, 1, 1, 1)
+    cfg = ModelConfig(widths=[16], members=2, whitening="project", whitening_dims=8, image_norm=True)
+    ensemble = build_model(cfg)
+    flat = ensemble[0].flat_inputs(images)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(200), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat.std(1, correction=0), torch.ones(200), atol=0, rtol=0.005)  # the floor: 1e-2
+    assert torch.equal(ensemble[0].flat_inputs(torch.zeros(2, 3, 32, 32)), torch.zeros(2, 3072))  # a flat image
+    ensemble.fit_input_map(images)  # the map is fitted on the standardised images: centred on their mean
+    weight = ensemble[0].whiten_weight
+    torch.testing.assert_close(ensemble[0].whiten_bias, -weight @ flat.mean(0))
+    assert not torch.allclose(ensemble[0].whiten_bias, -weight @ images.flatten(1).mean(0), atol=1e-2)
+    ensemble.eval()
+    with torch.no_grad():  # brightness and contrast no longer reach the network
+        torch.testing.assert_close(ensemble(images * 2.5 + 0.7), ensemble(images), atol=1e-2, rtol=0)
+        plain = build_model(ModelConfig(widths=[16])).eval()
+        assert not torch.allclose(plain(images * 2.5 + 0.7), plain(images), atol=1e-2)
+        assert torch.equal(plain.flat_inputs(images), images.flatten(1))  # off by default: the pixels as they are

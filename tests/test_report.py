@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from cifar_mlp import UserError, config
-from cifar_mlp.report import augmentations, compare, diagnose, input_map, write_report
+from cifar_mlp.report import augmentations, compare, diagnose, input_map, preprocessing, write_report
 from cifar_mlp.rundir import read_history
 
 
@@ -45,6 +45,11 @@ def test_set_up_names_the_fixed_input_map():
     assert input_map(config.load("seed")) == ""
     assert input_map(config.load("best")) == "a projection onto the top 512 principal components (not whitened)"
     assert input_map(config.load("seed", ['model.whitening="zca"'])) == "ZCA whitening"
+    assert preprocessing(config.load("seed")) == "normalised per channel with the train split's mean and std"
+    assert preprocessing(config.load("fast", ["model.image_norm=true"])) == (
+        "normalised per channel with the train split's mean and std, then each image standardised over its 3,072 "
+        "values (in the model), then a projection onto the top 256 principal components (not whitened), fitted on "
+        "the train split and fixed")
 
 
 @pytest.fixture(scope="module")

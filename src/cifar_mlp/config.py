@@ -37,6 +37,7 @@ class ModelConfig:
     order: str = "act-norm"  # act-norm: Linear->Act->Norm->Dropout (the seed's); norm-act: Linear->Norm->Act->Dropout
     residual: bool = False  # add the block input to its output where the widths match
     bottleneck: int = 0  # a linear layer (no activation) down to this many features between hidden blocks; 0: off
+    image_norm: bool = False  # standardise each image over its 3,072 values (global contrast normalisation), first
     whitening: str = "none"  # none | pca | zca | project: a fixed linear map fitted on the train split, the first
     # layer; pca/zca whiten, project keeps the top principal components unwhitened (model.fit_whitening)
     whitening_dims: int = 3072  # principal components kept by pca and project

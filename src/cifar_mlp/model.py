@@ -80,9 +80,19 @@ class MLP(nn.Module):
         """Normalised images (N x 3 x 32 x 32, or already flat N x 3072) -> logits N x 10."""
         return self.classify(self.map_inputs(images))
 
+    def flat_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """N x 3072, each image standardised with model.image_norm: global contrast normalisation (Goodfellow et al.
+        2013, Lin et al. 2015), which removes each image's overall brightness and contrast before the network, at
+        training and at inference alike. A small floor on the variance keeps a flat image finite."""
+        x = images.flatten(1)
+        if not self.cfg.image_norm:
+            return x
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+        return (x - mean) * (var + 1e-2).rsqrt()
+
     def map_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """The flat images through the fixed first layer, if any: N x the first trained layer's inputs."""
-        x = images.flatten(1)
+        x = self.flat_inputs(images)
         return nn.functional.linear(x, self.whiten_weight, self.whiten_bias) if self.whitened else x
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +106,7 @@ class MLP(nn.Module):
 
     def fit_input_map(self, train_images: torch.Tensor) -> None:
         """The fixed first layer (model.whitening), fitted on the train split's images."""
-        self.set_input_map(*fit_whitening(train_images.flatten(1), self.cfg))
+        self.set_input_map(*fit_whitening(self.flat_inputs(train_images), self.cfg))
 
 
 class Ensemble(nn.ModuleList):
@@ -119,7 +129,7 @@ class Ensemble(nn.ModuleList):
 
     def fit_input_map(self, train_images: torch.Tensor) -> None:
         """One fixed first layer, fitted once, shared by every member."""
-        weight, bias = fit_whitening(train_images.flatten(1), self[0].cfg)
+        weight, bias = fit_whitening(self[0].flat_inputs(train_images), self[0].cfg)
         for member in self:
             member.set_input_map(weight, bias)
 

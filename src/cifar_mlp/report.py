@@ -104,6 +104,16 @@ def input_map(cfg) -> str:
             }[m.whitening]
 
 
+def preprocessing(cfg) -> str:
+    """What happens to the pixels before the first trained layer, in words."""
+    steps = ["normalised per channel with the train split's mean and std"]
+    if cfg.model.image_norm:
+        steps.append("each image standardised over its 3,072 values (in the model)")
+    if input_map(cfg):
+        steps.append(f"{input_map(cfg)}, fitted on the train split and fixed")
+    return ", then ".join(steps)
+
+
 def model_sentence(model) -> str:
     if not isinstance(model, MLP | nn.ModuleList):
         return (f"Model: the comparator, a small convolutional network with {parameter_count(model):,} parameters: "
@@ -148,9 +158,7 @@ def build(run_dir: Path) -> list[tuple]:
         ("p", f"Data: CIFAR-10, {split['sizes']['train']:,} train / {split['sizes']['validation']:,} validation "
               f"(stratified, {split['val_per_class']} per class, split seed {split['split_seed']}, fingerprint "
               f"{split['fingerprint']}) / {split['sizes']['test']:,} official test images. Preprocessing: pixels "
-              "scaled to [0, 1], then normalised per channel with the train split's mean and std"
-              + (f", then {input_map(cfg)}, fitted on the train split and fixed" if input_map(cfg) else "")
-              + f"; augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
+              f"scaled to [0, 1], then {preprocessing(cfg)}; augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
         ("p", model_sentence(model)),
         ("code", describe(model[0] if isinstance(model, nn.ModuleList) else model)),
         table(["hyperparameter", "value"],
