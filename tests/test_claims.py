@@ -19,12 +19,14 @@ SYNTHETIC = '"data.val_per_class" = 5\n"train.device" = "cpu"\n"train.batch_size
 
 def shortened_specs(budget: str, folder: Path) -> Path:
     """A budget's specs for a 300-image dataset: 3 epochs (90 for the long run at lr 1e-6, so that it passes 80),
-    1 warm-up epoch, batches of 64, 5 validation images per class, and depths 1, 3 and 8 only."""
+    1 warm-up epoch, batches of 64, 5 validation images per class, depths 1, 3 and 8 only, and 2 seeds where the
+    full budget has 3 (the same code paths, a third fewer runs)."""
     folder.mkdir()
     for path in (claims.SPECS / budget).glob("*.toml"):
         text = re.sub(r'"train.epochs" = \d+', '"train.epochs" = 3', path.read_text())
         text = re.sub(r'"train.batch_size" = \d+', '"train.batch_size" = 64', text)
         text = re.sub(r'"optim.warmup_epochs" = [\d.]+', '"optim.warmup_epochs" = 1.0', text)
+        text = text.replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
         text = re.sub(r'\[points\.[a-z-]+-d[2456]\]\n(?:"[^\n]*\n)*\n?', "", text)
         text = text.replace('"optim.lr" = 1e-6\n"train.epochs" = 3', '"optim.lr" = 1e-6\n"train.epochs" = 90')
         if "[fixed]\n" in text:
@@ -111,8 +113,8 @@ def test_a_rerun_trains_nothing_and_writes_the_same_verdicts(small_budget):
 
 
 def test_the_full_budget_runs_end_to_end_on_every_study_and_transform(tmp_path):
-    """Its code paths the small budget does not take: 3 seeds of the cheap presets, the CNN without augmentation,
-    the depth study and the ablation over 3 seeds, every robustness family."""
+    """Its code paths the small budget does not take: several seeds of the cheap presets, the CNN without augmentation,
+    the depth study and the ablation over seeds, every robustness family."""
     root = write_synthetic_cifar(tmp_path / "cifar")
     path, found = claims.claims(tmp_path / "study", "full", data_dir=root, device="cpu", allow_download=False,
                                 quiet=True, specs_dir=shortened_specs("full", tmp_path / "specs"))
@@ -121,14 +123,14 @@ def test_the_full_budget_runs_end_to_end_on_every_study_and_transform(tmp_path):
     assert verdicts.UNTESTABLE not in [f.verdict for f in found]
     assert "**full budget**" in text
     assert [row[:2] for row in table_rows(text, "Test accuracy and training time")] == [
-        ["seed", "3"], ["fast", "3"], ["best-noaug", "1"], ["best", "1"], ["cnn", "1"], ["cnn-noaug", "1"]]
+        ["seed", "2"], ["fast", "2"], ["best-noaug", "1"], ["best", "1"], ["cnn", "1"], ["cnn-noaug", "1"]]
     header = text.split("**Test accuracy % by number of hidden layers**", 1)[1].split("\n\n", 2)[1].splitlines()[0]
     assert header.split("|")[2:-1] == [" 1 ", " 3 ", " 8 "]
     for study in ("depth", "ablation"):
         seeds = {}
         for row in trials(tmp_path / "study" / study).values():
             seeds.setdefault(row["point"], set()).add(row["seed"])
-        assert seeds and all(s == {"0", "1", "2"} for s in seeds.values()), study
+        assert seeds and all(s == {"0", "1"} for s in seeds.values()), study
     families = text.split("**Share of clean test accuracy kept (%)", 1)[1].split("\n\n", 2)[1].splitlines()[0]
     assert all(name in families for name in robustness.STRENGTHS)
 
