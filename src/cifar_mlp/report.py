@@ -109,8 +109,8 @@ def preprocessing(cfg) -> str:
     steps = ["normalised per channel with the train split's mean and std"]
     if cfg.model.image_norm:
         steps.append("each image standardised over its 3,072 values (in the model)")
-    if input_map(cfg):
-        steps.append(f"{input_map(cfg)}, fitted on the train split and fixed")
+    if fixed_map := input_map(cfg):
+        steps.append(f"{fixed_map}, fitted on the train split and fixed")
     return ", then ".join(steps)
 
 
