@@ -1,7 +1,10 @@
 """The sweep engine on synthetic data: grids, seeds, reruns, workers, SIGKILL, pruning, tpe, bad specs, and a
 real PostgreSQL when CIFAR_MLP_POSTGRES_URL names one (.ci/run starts it; REQUIRE_POSTGRES=1 makes it required)."""
 
+import contextlib
 import csv
+import fcntl
+import itertools
 import os
 import re
 import shutil
@@ -290,18 +293,26 @@ def test_postgres_workers_fail_and_retry_a_killed_workers_trial(synthetic_root, 
         f"p{i:03d}-s{s}" for i in range(4) for s in (0, 1))
 
 
+def start_sweep(*args: str, **popen) -> subprocess.Popen:
+    """`cifar-mlp sweep ARGS` in a child that takes SIGINT as Ctrl-C even when pytest runs as a background job, whose
+    children a shell without job control starts with SIGINT ignored (and Python then keeps it ignored)."""
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from cifar_mlp.cli import main; main(sys.argv[1:])")
+    return subprocess.Popen([sys.executable, "-c", code, "sweep", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
 def test_ctrl_c_stops_cleanly_and_leaves_the_trial_to_resume(synthetic_root, tmp_path):
     spec, study_dir = write_spec(tmp_path, epochs=200), tmp_path / "study"
-    sweeping = subprocess.Popen([sys.executable, "-m", "cifar_mlp.cli", "sweep", spec, "--study-dir", str(study_dir),
-                                 "--data-dir", str(synthetic_root), "--no-download", "--quiet"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweeping = start_sweep(spec, "--study-dir", str(study_dir), "--data-dir", str(synthetic_root), "--no-download",
+                           "--quiet")
     deadline = time.time() + 120
     while not (study_dir / "runs" / "p000-s0" / "checkpoints" / "last.pt").exists():
         assert time.time() < deadline and sweeping.poll() is None
         time.sleep(0.05)
     sweeping.send_signal(signal.SIGINT)
     _, err = sweeping.communicate(timeout=60)
-    assert sweeping.returncode == 130 and "Traceback" not in err
+    assert sweeping.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("cifar-mlp: interrupted; rerun the same command")
     epochs = checkpoint.load(study_dir / "runs" / "p000-s0" / "checkpoints" / "last.pt")["epoch"]
     assert 1 <= epochs < 200
@@ -312,14 +323,144 @@ def test_ctrl_c_stops_cleanly_and_leaves_the_trial_to_resume(synthetic_root, tmp
     assert retry.state.name == "WAITING" and retry.system_attrs["failed_trial"] == 0
 
 
+def interrupting_at_line(n: int, files: tuple[str, ...]):
+    """A trace function that raises KeyboardInterrupt at the nth line run in `files`, as Python's own SIGINT
+    handler would if the signal landed there."""
+    return at_line(n, files, raise_keyboard_interrupt)
+
+
+def raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def signalling_at_line(n: int, files: tuple[str, ...]):
+    """A trace function that sends this process a SIGINT at the nth line run in files (names containing one)."""
+    return at_line(n, files, lambda: os.kill(os.getpid(), signal.SIGINT))
+
+
+def at_line(n: int, files: tuple[str, ...], action):
+    countdown = iter(range(n - 1))
+
+    def tracer(frame, event, arg):
+        if event == "call":
+            return tracer if any(f in frame.f_code.co_filename for f in files) else None
+        if event == "line" and next(countdown, None) is None:
+            action()
+        return tracer
+
+    return tracer
+
+
+def test_a_ctrl_c_at_any_line_of_a_journal_write_stays_a_ctrl_c_and_frees_the_lock(tmp_path):
+    """A signal lands between any two lines. Optuna's default journal lock turned a Ctrl-C during its release into
+    FileNotFoundError (the Ctrl-C test above then exited 1, once in a few CI runs); here every line of a write,
+    Optuna's and the lock's, is interrupted in turn."""
+    study = optuna.create_study(study_name="g", storage=sweep.open_storage(None, tmp_path, 10))
+    for line in itertools.count(1):
+        sys.settrace(interrupting_at_line(line, ("journal/_file.py", "cifar_mlp/sweep.py")))
+        try:
+            study.set_user_attr("attempt", line)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            sys.settrace(None)
+        study.set_user_attr("after", line)  # the same process writes again: no deadlock
+        free = os.open(tmp_path / (sweep.JOURNAL + ".flock"), os.O_RDWR)
+        fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and then no one holds the lock
+        os.close(free)
+        if not interrupted:  # the write has fewer lines: each was tried
+            break
+    assert line > 10
+    reread = optuna.load_study(study_name="g", storage=sweep.open_storage(None, tmp_path, 10))
+    assert reread.user_attrs["after"] == line
+
+
+def test_a_stop_signal_is_raised_only_inside_delivering_blocks_and_an_ignored_one_stays_ignored():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with sweep.stop_signals_held():
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # held: nothing raised here
+            with pytest.raises(KeyboardInterrupt), sweep.delivering(True):
+                pass
+        with sweep.stop_signals_held():
+            with pytest.raises(KeyboardInterrupt), sweep.delivering(True), sweep.delivering(False):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+                reached_the_end_of_the_held_block = True
+            assert reached_the_end_of_the_held_block
+            with pytest.raises(KeyboardInterrupt), sweep.delivering(True):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+                pytest.fail("a delivered stop signal did not interrupt")
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_ctrl_c_at_any_line_of_optunas_bookkeeping_ends_the_sweep_as_ctrl_c(synthetic_root, tmp_path,
+                                                                                monkeypatch):
+    """Optuna 5.1 cannot be interrupted at every line: a KeyboardInterrupt while it records a trial's end becomes an
+    UnboundLocalError, and one just inside its journal storage's thread lock leaves the lock held, so the next call
+    hangs. A SIGINT at every 5th line it runs, with a stand-in objective (training is covered above), must end the
+    sweep as a Ctrl-C, leave no trial RUNNING, and let the next call finish the study."""
+    def objective(trial, **_):
+        with sweep.delivering(True):
+            return 0.5
+
+    monkeypatch.setattr(sweep, "run_trial", objective)
+    spec = sweep.load_spec(write_spec(tmp_path, space='"model.widths" = [[32]]'))
+    with failing_after(seconds=120):
+        line = try_a_stop_signal_at_every_5th_line(spec, tmp_path, synthetic_root)
+    assert line > 1000
+
+
+def try_a_stop_signal_at_every_5th_line(spec, tmp_path, synthetic_root) -> int:
+    for line in itertools.count(1, 5):
+        study_dir = tmp_path / f"stopped-at-{line}"
+        storage = sweep.open_storage(None, study_dir, 10)
+        study = sweep.open_study(spec, storage)
+        args = (study, storage, spec, study_dir, synthetic_root, "cpu", False, True)
+        sys.settrace(signalling_at_line(line, ("/optuna/", "cifar_mlp/sweep.py")))
+        try:
+            sweep.take_trials(*args)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            sys.settrace(None)
+        assert "RUNNING" not in [t.state.name for t in study.get_trials()]
+        sweep.take_trials(*args)
+        assert sorted(t.user_attrs["run"] for t in study.get_trials() if t.state.name == "COMPLETE") == [
+            "p000-s0", "p000-s1"]
+        if not interrupted:  # the study ended before that line: every 5th line was tried
+            return line
+
+
+@contextlib.contextmanager
+def failing_after(seconds: int):
+    """A hang fails the test instead of stopping the suite (a signal handler can break a thread lock's wait)."""
+    def fail(signum, frame):
+        pytest.fail(f"still running after {seconds} s: an interrupt left a lock held")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("whole_group", [False, True], ids=["kill-of-the-parent", "ctrl-c-to-the-group"])
 def test_a_stop_signal_stops_the_workers_cleanly(synthetic_root, tmp_path, whole_group):
     """A kill reaches only the parent, a Ctrl-C the whole terminal group: either way every worker stops once,
     saving its trial (before the fix, a kill left the workers training and the parent waiting for them)."""
     spec, study_dir = write_spec(tmp_path, epochs=200), tmp_path / "study"
-    sweeping = subprocess.Popen([sys.executable, "-m", "cifar_mlp.cli", "sweep", spec, "--study-dir", str(study_dir),
-                                 "--workers", "2", "--data-dir", str(synthetic_root), "--no-download", "--quiet"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sweeping = start_sweep(spec, "--study-dir", str(study_dir), "--workers", "2", "--data-dir", str(synthetic_root),
+                           "--no-download", "--quiet", start_new_session=True)
     deadline = time.time() + 120
     while len(list(study_dir.glob("runs/*/checkpoints/last.pt"))) < 2:
         assert time.time() < deadline and sweeping.poll() is None
@@ -329,7 +470,7 @@ def test_a_stop_signal_stops_the_workers_cleanly(synthetic_root, tmp_path, whole
     else:
         sweeping.send_signal(signal.SIGTERM)
     _, err = sweeping.communicate(timeout=60)
-    assert sweeping.returncode == 130 and "Traceback" not in err
+    assert sweeping.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("cifar-mlp: interrupted; rerun the same command")
     interrupted = [t for t in study_of(study_dir).trials if t.state.name == "FAIL"]
     assert len(interrupted) == 2

@@ -15,6 +15,7 @@ marked as a duplicate, and trains nothing.
 """
 
 import contextlib
+import fcntl
 import functools
 import io
 import itertools
@@ -236,7 +237,8 @@ def open_storage(url: str | None, study_dir: Path, heartbeat: int):
         study_dir.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL)))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL),
+                                                                JournalLock(study_dir / (JOURNAL + ".flock"))))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -249,6 +251,31 @@ def open_storage(url: str | None, study_dir: Path, heartbeat: int):
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot open the storage {masked(url)}: {detail}; check the URL and that the database "
                         "server is running") from None
+
+
+class JournalLock:
+    """The journal's lock for Optuna's JournalFileBackend: an flock on one open file, so a Ctrl-C at any instant
+    stays a Ctrl-C and leaves no stale lock (Optuna's default symlink lock turns a Ctrl-C during its release into
+    FileNotFoundError or RuntimeError, and a dead process leaves it held for a 30-second grace period). Taking it
+    again on the same file is a no-op and the kernel drops it with the process, so an interrupted acquire or
+    release is harmless."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def acquire(self) -> bool:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def __del__(self):
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def masked(url: str) -> str:
@@ -424,14 +451,17 @@ def run_trial(trial, spec: Spec, study_dir: Path, data, device: str, quiet: bool
         trial.report(row[spec.objective], row["epoch"])
 
     def report_epoch(row: dict) -> None:
-        trial.report(row[spec.objective], row["epoch"])
-        if trial.should_prune():
-            record(trial, spec, rundir.read_history(run_dir), None, run_dir)
+        with delivering(False):
+            trial.report(row[spec.objective], row["epoch"])
+            prune = trial.should_prune()
+            if prune:
+                record(trial, spec, rundir.read_history(run_dir), None, run_dir)
+        if prune:
             raise optuna.TrialPruned(f"at epoch {row['epoch']}")
 
     start = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        with delivering(True), contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
             history, metrics, _, _ = run_job(cfg, run_dir, data=data, resume=resume, overwrite=not resume,
                                              quiet=True, on_epoch=report_epoch, show_metrics=False)
     except rundir.Busy:
@@ -490,18 +520,70 @@ def take_trials(study, storage, spec: Spec, study_dir: Path, data_dir, device: s
     from cifar_mlp.data import load_cifar10
 
     data = None
-    while True:
-        recover(study, storage)
-        step = next_step(study, spec)
-        if step == "done":
-            return
-        if step == "wait":
-            time.sleep(POLL_SECONDS)
-            continue
-        data = data or load_cifar10(data_dir, allow_download)
-        objective = functools.partial(run_trial, spec=spec, study_dir=study_dir, data=data, device=device, quiet=quiet)
-        study.optimize(objective, n_trials=1, catch=(Duplicate,), gc_after_trial=False,
-                       callbacks=[lambda _, t: print(trial_line(t), flush=True)])
+    with stop_signals_held():
+        while True:
+            if _stop["held"]:  # a stop that came during the last trial's bookkeeping
+                raise KeyboardInterrupt
+            recover(study, storage)
+            step = next_step(study, spec)
+            if step == "done":
+                return
+            with delivering(True):
+                if step == "wait":
+                    time.sleep(POLL_SECONDS)
+                    continue
+                data = data or load_cifar10(data_dir, allow_download)
+            objective = functools.partial(run_trial, spec=spec, study_dir=study_dir, data=data, device=device,
+                                          quiet=quiet)
+            study.optimize(objective, n_trials=1, catch=(Duplicate,), gc_after_trial=False,
+                           callbacks=[lambda _, t: print(trial_line(t), flush=True)])
+
+
+# Stop signals. Optuna's bookkeeping cannot be interrupted at any line (optuna 5.1): a KeyboardInterrupt while it
+# records a trial's end (study/_optimize.py) becomes an UnboundLocalError with a traceback and the trial stays
+# RUNNING, and one just inside its journal storage's thread lock leaves the lock held, so the next call hangs.
+# While a worker takes trials, Ctrl-C and SIGTERM raise KeyboardInterrupt only inside delivering(True) blocks,
+# which run this package's code (training, loading data, waiting); elsewhere the signal is held, and raised on
+# entering or returning to such a block.
+_stop = {"held": False, "deliver": False}
+
+
+def _hold_or_deliver(signum, frame) -> None:
+    _stop["held"] = True
+    if _stop["deliver"]:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """SIGINT and SIGTERM held outside delivering blocks (one the process ignores, such as a worker's SIGINT, stays
+    ignored); the previous handlers come back after."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _stop.update(held=False, deliver=False)
+    for s, handler in previous.items():
+        if handler != signal.SIG_IGN:
+            signal.signal(s, _hold_or_deliver)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop["deliver"] = False
+
+
+@contextlib.contextmanager
+def delivering(deliver: bool):
+    """Inside: a stop signal raises KeyboardInterrupt at once (deliver) or is held (not deliver)."""
+    outer = _stop["deliver"]
+    _stop["deliver"] = deliver
+    try:
+        if deliver and _stop["held"]:
+            raise KeyboardInterrupt
+        yield
+    finally:
+        _stop["deliver"] = outer
+    if outer and _stop["held"]:
+        raise KeyboardInterrupt
 
 
 def trial_line(t) -> str:
