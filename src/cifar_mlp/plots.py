@@ -112,7 +112,7 @@ def plot_gallery(images: np.ndarray, captions: list[str], path: Path, title: str
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):
         ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
-        ax.set_title(caption, fontsize=7)
+        ax.set_title(caption, fontsize=7, y=1.0)  # placed, not searched for: the same pixels in half the time
     fig.suptitle(title)
     _save(fig, path)
 
