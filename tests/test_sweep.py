@@ -376,32 +376,39 @@ def test_a_ctrl_c_at_any_line_of_a_journal_write_stays_a_ctrl_c_and_frees_the_lo
     assert reread.user_attrs["after"] == line
 
 
-def test_a_stop_signal_is_raised_only_inside_delivering_blocks_and_an_ignored_one_stays_ignored():
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        with sweep.stop_signals_held():
-            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+@pytest.fixture
+def sigint_as_ctrl_c():
+    """SIGINT raising KeyboardInterrupt in this process, as in a terminal, even when pytest runs as a background job
+    (started with SIGINT ignored); SIGTERM ignored, to show that a stop signal the process ignores stays ignored."""
+    previous = {s: signal.signal(s, handler) for s, handler in ((signal.SIGINT, signal.default_int_handler),
+                                                               (signal.SIGTERM, signal.SIG_IGN))}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def test_a_stop_signal_is_held_outside_delivering_blocks_and_an_ignored_one_stays_ignored(sigint_as_ctrl_c):
+    with sweep.stop_signals_held():  # held, then raised on entering a delivering block
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt), sweep.delivering(True):
+            pytest.fail("a held stop signal was not raised on entering a delivering block")
+    with sweep.stop_signals_held():  # held inside a held block, raised on returning to the delivering one
+        with pytest.raises(KeyboardInterrupt), sweep.delivering(True), sweep.delivering(False):
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)  # held: nothing raised here
-            with pytest.raises(KeyboardInterrupt), sweep.delivering(True):
-                pass
-        with sweep.stop_signals_held():
-            with pytest.raises(KeyboardInterrupt), sweep.delivering(True), sweep.delivering(False):
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.01)
-                reached_the_end_of_the_held_block = True
-            assert reached_the_end_of_the_held_block
-            with pytest.raises(KeyboardInterrupt), sweep.delivering(True):
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(1)
-                pytest.fail("a delivered stop signal did not interrupt")
-        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+            time.sleep(0.01)
+            reached_the_end_of_the_held_block = True
+        assert reached_the_end_of_the_held_block
+    with sweep.stop_signals_held(), pytest.raises(KeyboardInterrupt), sweep.delivering(True):  # raised at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+        pytest.fail("a stop signal inside a delivering block did not interrupt it")
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler  # the handlers before come back
 
 
 def test_a_ctrl_c_at_any_line_of_optunas_bookkeeping_ends_the_sweep_as_ctrl_c(synthetic_root, tmp_path,
-                                                                                monkeypatch):
+                                                                                monkeypatch, sigint_as_ctrl_c):
     """Optuna 5.1 cannot be interrupted at every line: a KeyboardInterrupt while it records a trial's end becomes an
     UnboundLocalError, and one just inside its journal storage's thread lock leaves the lock held, so the next call
     hangs. A SIGINT at every 5th line it runs, with a stand-in objective (training is covered above), must end the
