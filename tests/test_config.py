@@ -61,6 +61,9 @@ def test_config_from_a_toml_path(tmp_path):
         ({"optim": {"momentum": 1.0}}, r"optim.momentum must be a finite number in \[0, 1\)"),
         ({"model": {"architecture": "cnn", "widths": [8, 8, 8]}, "optim": {"optimizer": "muon"}},
          "the cnn comparator's are convolution filters; use adamw or sgd"),
+        ({"train": {"recalibrate_norm": -5}}, r"train.recalibrate_norm must be a finite number in \[0, "),
+        ({"train": {"recalibrate_norm": 1}}, "need at least 2 images; use 2 or more"),
+        ({"model": {"norm": "layer"}, "train": {"recalibrate_norm": 100}}, "model.norm=layer has none; set it to 0"),
     ],
 )
 def test_bad_values_get_one_line_errors(raw, message):

@@ -54,20 +54,23 @@ def test_same_seed_same_history_other_seed_differs(tiny_config, synthetic_root, 
     assert without_timing(run(other, tmp_path / "c", synthetic_root)) != without_timing(a)
 
 
-@pytest.mark.parametrize("data, optim, model", [
-    ({"augment": ["affine", "flip", "crop", "colour"]}, {"schedule": "cosine", "warmup_epochs": 1.0}, {}),
-    ({"mix": "cutmix"}, {"schedule": "onecycle", "warmup_epochs": 1.0, "ema_decay": 0.9}, {}),
+@pytest.mark.parametrize("data, optim, model, train_", [
+    ({"augment": ["affine", "flip", "crop", "colour"]}, {"schedule": "cosine", "warmup_epochs": 1.0}, {}, {}),
+    ({"mix": "cutmix"}, {"schedule": "onecycle", "warmup_epochs": 1.0, "ema_decay": 0.9}, {},
+     {"recalibrate_norm": 100}),
     ({}, {"schedule": "onecycle", "warmup_epochs": 1.0},
-     {"members": 2, "whitening": "project", "whitening_dims": 40, "input_dropout": 0.2}),
-    ({}, {"optimizer": "muon", "schedule": "onecycle", "warmup_epochs": 1.0}, {"members": 2, "bottleneck": 16}),
-    ({}, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}, {}),
+     {"members": 2, "whitening": "project", "whitening_dims": 40, "input_dropout": 0.2}, {"recalibrate_norm": 100}),
+    ({}, {"optimizer": "muon", "schedule": "onecycle", "warmup_epochs": 1.0}, {"members": 2, "bottleneck": 16}, {}),
+    ({}, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}, {}, {}),
 ])
-def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch, data, optim, model):
+def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch, data, optim, model,
+                                            train_):
     cfg = dataclasses.replace(
         tiny_config,
         data=dataclasses.replace(tiny_config.data, **data),
         optim=dataclasses.replace(tiny_config.optim, **optim),
         model=dataclasses.replace(tiny_config.model, **model),
+        train=dataclasses.replace(tiny_config.train, **train_),
     )
     full = run(cfg, tmp_path / "full", synthetic_root)
 
@@ -323,6 +326,59 @@ def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
             continue
         assert torch.equal(value, after_first_pass[key]), key
     assert not torch.allclose(model.blocks[0][0].weight.grad, grads[0])  # not the plain gradient
+
+
+def test_recalibrated_statistics_are_the_mean_and_variance_each_batch_norm_sees_with_dropout_off():
+    torch.manual_seed(0)
+    model = MLP(ModelConfig(widths=[32, 16], dropout=0.5)).train()
+    x = torch.randn(300, 3072)
+    reference = copy.deepcopy(model)
+    for m in reference.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    inputs = []
+    for m in reference.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.register_forward_hook(lambda _, args, __: inputs.append(args[0]))
+    reference(x)  # one batch: each norm normalises by the batch's statistics, as the recalibration's one pass does
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "batches" not in k}
+
+    train.recalibrate_batch_norm(model, x, batch_size=len(x))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(norms) == len(inputs) == 2
+    for m, seen in zip(norms, inputs, strict=True):
+        torch.testing.assert_close(m.running_mean, seen.mean(0))
+        torch.testing.assert_close(m.running_var, seen.var(0))
+        assert m.momentum == 0.1
+    assert model.training and all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+    train.recalibrate_batch_norm(model, x, batch_size=100)  # 3 batches of 100 images: their statistics averaged
+    torch.testing.assert_close(norms[0].running_mean, inputs[0].mean(0))
+    chunks = inputs[0].tensor_split(3)
+    torch.testing.assert_close(norms[0].running_var, torch.stack([c.var(0) for c in chunks]).mean(0))
+
+
+def test_recalibrating_the_norms_changes_only_their_statistics_and_what_is_validated(tiny_config, synthetic_root,
+                                                                                     tmp_path):
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, dropout=0.5))
+    plain = run(cfg, tmp_path / "plain", synthetic_root)
+    recalibrated = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recalibrate_norm=120)),
+                       tmp_path / "recalibrated", synthetic_root)
+    assert [(r["train_loss"], r["train_acc"]) for r in recalibrated] == [(r["train_loss"], r["train_acc"])
+                                                                         for r in plain]
+    assert all(a["val_loss"] != b["val_loss"] for a, b in zip(plain, recalibrated, strict=True))
+
+    a = checkpoint.load(tmp_path / "plain" / "checkpoints" / "last.pt")
+    b = checkpoint.load(tmp_path / "recalibrated" / "checkpoints" / "last.pt")
+    statistics = {k for k in a["model"] if "running" in k or "num_batches" in k}
+    assert len(statistics) == 6 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"].keys()
+                                        - statistics)
+    model = checkpoint.build_model(a, "plain")
+    splits = make_splits(load_cifar10(synthetic_root, False), 5, 0, "cpu")
+    train.recalibrate_batch_norm(model, splits.train.images[:120])
+    assert all(torch.equal(model.state_dict()[k], b["model"][k]) for k in statistics)
+    logits = predict_logits(model, splits.validation.images)
+    assert b["history"][-1]["val_acc"] == (logits.argmax(1) == splits.validation.labels).float().mean().item()
 
 
 def test_sam_and_input_dropout_train_and_resume_exactly(tiny_config, synthetic_root, tmp_path):

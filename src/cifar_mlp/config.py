@@ -71,6 +71,8 @@ class TrainConfig:
     tensorboard: bool = False  # also log to TensorBoard event files under RUN/tensorboard
     grad_norms: bool = False  # add each weight layer's gradient norm (mean over the epoch's steps) to history.csv
     teacher: str = ""  # distillation: a run directory (or checkpoint) whose predictions the targets blend in
+    recalibrate_norm: int = 0  # BatchNorm statistics recomputed from this many train images, dropout off, each
+    # epoch before validation (train.recalibrate_batch_norm); 0: off, the statistics training kept
 
 
 @dataclass
@@ -168,6 +170,7 @@ RANGES = {
     "train.epochs": (1, 10**6, True, True),
     "train.batch_size": (1, 2**31 - 1, True, True),
     "train.seed": (0, SEED_MAX, True, True),
+    "train.recalibrate_norm": (0, 10**7, True, True),
 }
 
 
@@ -200,6 +203,12 @@ def validate(c: Config) -> None:
     if c.train.batch_size == 1 and (c.model.norm == "batch" or c.model.architecture == "cnn"):
         raise UserError("config: train.batch_size=1 cannot train BatchNorm, which needs at least 2 images per batch; "
                         "use a batch size of 2 or more, or --set model.norm=layer")
+    if c.train.recalibrate_norm == 1:
+        raise UserError("config: train.recalibrate_norm=1 cannot compute BatchNorm statistics, which need at least "
+                        "2 images; use 2 or more (e.g. 5000), or 0 to turn it off")
+    if c.train.recalibrate_norm and c.model.architecture == "mlp" and c.model.norm != "batch":
+        raise UserError(f"config: train.recalibrate_norm recomputes BatchNorm statistics, and model.norm="
+                        f"{c.model.norm} has none; set it to 0, or use model.norm=batch")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(c, section), name)

@@ -188,6 +188,30 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool)
             p.copy_(original)
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> None:
+    """Replace every BatchNorm layer's running statistics by their average over images, with dropout off.
+
+    Training keeps an exponential average over recent batches, with dropout on and the weights still moving;
+    evaluation turns dropout off, which changes the variance of what a BatchNorm after a dropout sees (the
+    "variance shift" of Li et al. 2019), so recomputing the statistics as evaluation sees them lowers the
+    validation loss. Dropout in eval mode draws no random numbers, and the weights are untouched, so training
+    goes on exactly as without it. The batches are of near-equal size (at least 2 images each), since the
+    cumulative average (momentum None) weights each batch equally."""
+    norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    was_training = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for batch in images.tensor_split(max(1, math.ceil(len(images) / batch_size))):
+        model(batch)
+    for m, momentum in norms.items():
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Generator, epoch: int, ema=None,
                 teacher_probs: torch.Tensor | None = None):
     """One pass over the split in shuffled batches. Returns the summed loss and the correct count as device
@@ -316,6 +340,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
             start = time.perf_counter()
             loss_sum, correct, lrs, grad_norm_sum = train_epoch(model, optimizer, loss_fn, splits.train, as_run,
                                                                 shuffle, epoch, ema, teacher_probs)
+            if cfg.train.recalibrate_norm:
+                recalibrate_batch_norm(evaluated, splits.train.images[: cfg.train.recalibrate_norm])
             val_logits = predict_logits(evaluated, splits.validation.images)
             val_loss = loss_fn(val_logits, splits.validation.labels).item()
             val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
