@@ -18,7 +18,7 @@ from sklearn.metrics import (
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cifar_mlp import UserError
-from cifar_mlp.data import CLASSES
+from cifar_mlp.data import CLASSES, SPLIT_NAMES
 from cifar_mlp.evaluate import calibration_bins, evaluate_run, split_metrics
 
 LABELS = list(range(10))
@@ -167,6 +167,8 @@ def test_bad_inputs(trained_run, tmp_path):
         evaluate_run(empty, data_dir=root)
     with pytest.raises(UserError, match="--splits accepts"):
         evaluate_run(run_dir, splits=["tset"], data_dir=root)
+    with pytest.raises(UserError, match="--recalibrate-norm must be 0 .off. or at least 2 train images, got 1"):
+        evaluate_run(run_dir, data_dir=root, recalibrate_norm=1)
 
 
 def test_mismatched_architecture_keeps_earlier_results(trained_run, tmp_path):
@@ -223,3 +225,48 @@ def test_an_ensemble_run_records_each_members_accuracy(tiny_config, synthetic_ro
     assert "It is an ensemble of 2 networks trained independently" in report
     assert "an ensemble of 2 fully connected networks, each with" in report
     assert "blocks.0.0: Linear" in report and "1.blocks" not in report  # the layers of one member, once
+
+
+def test_recalibrated_evaluation_equals_the_run_that_recalibrates_and_leaves_the_checkpoint(tiny_config,
+                                                                                          synthetic_root, tmp_path):
+    import dataclasses
+
+    from cifar_mlp.cli import main
+    from cifar_mlp.report import build, to_markdown
+    from cifar_mlp.train import train
+
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, dropout=0.5))
+    train(cfg, tmp_path / "plain", synthetic_root, allow_download=False, quiet=True)
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, recalibrate_norm=120)),
+          tmp_path / "recalibrated", synthetic_root, allow_download=False, quiet=True)
+    checkpoint_bytes = (tmp_path / "plain" / "checkpoints" / "last.pt").read_bytes()
+    (tmp_path / "as-trained").mkdir()
+    as_trained = evaluate_run(tmp_path / "plain", "last", out=tmp_path / "as-trained", data_dir=synthetic_root,
+                              device="cpu", allow_download=False, quiet=True)
+    main(["evaluate", str(tmp_path / "plain"), "--checkpoint", "last", "--recalibrate-norm", "120", "--data-dir",
+          str(synthetic_root), "--no-download", "--device", "cpu"])
+    recalibrated = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    by_the_run = evaluate_run(tmp_path / "recalibrated", "last", data_dir=synthetic_root, device="cpu",
+                              allow_download=False, quiet=True)
+
+    assert (recalibrated["recalibrate_norm"], by_the_run["recalibrate_norm"], as_trained["recalibrate_norm"]) == (
+        120, 0, 0)
+    for split in SPLIT_NAMES:
+        for name in ("accuracy", "nll", "ece"):
+            assert recalibrated["splits"][split][name] == by_the_run["splits"][split][name], (split, name)
+        assert recalibrated["splits"][split]["nll"] != as_trained["splits"][split]["nll"], split
+    assert (tmp_path / "plain" / "checkpoints" / "last.pt").read_bytes() == checkpoint_bytes
+    assert "with its BatchNorm statistics recomputed from 120 train images." in to_markdown(build(tmp_path / "plain"))
+
+
+def test_recalibrating_a_model_without_batch_norm_is_refused(tiny_config, synthetic_root, tmp_path):
+    import dataclasses
+
+    from cifar_mlp.train import train
+
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, norm="layer"),
+                              train=dataclasses.replace(tiny_config.train, epochs=1))
+    train(cfg, tmp_path / "run", synthetic_root, allow_download=False, quiet=True)
+    with pytest.raises(UserError, match="has no BatchNorm layer; drop the option"):
+        evaluate_run(tmp_path / "run", "last", data_dir=synthetic_root, device="cpu", allow_download=False,
+                     recalibrate_norm=100)

@@ -328,6 +328,15 @@ def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
     assert not torch.allclose(model.blocks[0][0].weight.grad, grads[0])  # not the plain gradient
 
 
+def test_batch_norm_momentum_is_restored_even_when_the_block_fails():
+    model = MLP(ModelConfig(widths=[32, 16]))
+    model.blocks[1][2].momentum = 0.3
+    with pytest.raises(RuntimeError), train.batch_norm_momentum(model, None) as norms:
+        assert [m.momentum for m in norms] == [None, None]
+        raise RuntimeError
+    assert [m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm1d)] == [0.1, 0.3]
+
+
 def test_recalibrated_statistics_are_the_mean_and_variance_each_batch_norm_sees_with_dropout_off():
     torch.manual_seed(0)
     model = MLP(ModelConfig(widths=[32, 16], dropout=0.5)).train()

@@ -85,11 +85,13 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: flip averages the predictions of each image and its mirror")
 
 
+
 def cmd_evaluate(args) -> None:
     from cifar_mlp.evaluate import evaluate_run
 
     evaluate_run(args.run_dir, args.checkpoint, [s.strip() for s in args.splits.split(",") if s.strip()],
-                 args.out, args.data_dir, args.device or "auto", not args.no_download, args.tta == "flip")
+                 args.out, args.data_dir, args.device or "auto", not args.no_download, args.tta == "flip",
+                 recalibrate_norm=args.recalibrate_norm)
 
 
 def run_job(cfg, run_dir, data=None, data_dir=None, allow_download: bool = True, resume: bool = False,
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory written by cifar-mlp train")
     p.add_argument("--out", help="output folder (default: the run directory)")
     add_evaluate_args(p)
+    p.add_argument("--recalibrate-norm", type=int, default=0, metavar="N",
+                   help="first recompute the checkpoint's BatchNorm statistics from N train images with dropout off, "
+                        "as train.recalibrate_norm = N does after each epoch (default 0: as trained)")
     add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -18,6 +18,7 @@ from cifar_mlp.config import from_dict
 from cifar_mlp.data import SPLIT_NAMES, Cifar10, load_cifar10, make_splits, resolve_device
 from cifar_mlp.model import Ensemble, predict_logits
 from cifar_mlp.rundir import write_csv
+from cifar_mlp.train import recalibrate_batch_norm
 
 ECE_BINS = 15
 GALLERY_SIZE = 32
@@ -153,8 +154,12 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
 
 def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, data_dir=None, device: str = "auto",
                  allow_download: bool = True, tta_flip: bool = False, data: Cifar10 | None = None,
-                 quiet: bool = False) -> dict:
-    """Evaluate a run directory; writes every file into out (default: the run directory) and returns metrics.json."""
+                 quiet: bool = False, recalibrate_norm: int = 0) -> dict:
+    """Evaluate a run directory; writes every file into out (default: the run directory) and returns metrics.json.
+
+    With recalibrate_norm = N, the checkpoint's BatchNorm statistics are first recomputed from the first N train
+    images (train.recalibrate_batch_norm), which is what a run with train.recalibrate_norm = N ends with: so one
+    trained run measures both, and the checkpoint file is left as it is."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -162,6 +167,8 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
     unknown = set(splits) - set(SPLIT_NAMES)
     if unknown or not splits:
         raise UserError(f"--splits accepts a comma-separated subset of {','.join(SPLIT_NAMES)}, got {list(splits)}")
+    if recalibrate_norm < 0 or recalibrate_norm == 1:
+        raise UserError(f"--recalibrate-norm must be 0 (off) or at least 2 train images, got {recalibrate_norm}")
     out = Path(out) if out else run_dir
     with rundir.locked(out):  # not while a training process writes the same folder
         cfg = from_dict(rundir.read_config(run_dir))
@@ -176,6 +183,11 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
             raise UserError(f"the train/validation split rebuilt from {run_dir}/config.json differs from the one "
                             f"{path} was trained on (fingerprint {ckpt['split']['fingerprint']}); use the same "
                             "dataset")
+        if recalibrate_norm:
+            if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                raise UserError(f"--recalibrate-norm recomputes BatchNorm statistics, and the model of {path} has "
+                                "no BatchNorm layer; drop the option")
+            recalibrate_batch_norm(model, split_data.train.images[:recalibrate_norm])
         classes = list(ckpt["classes"])
         results, predictions = {}, {}
         for split in splits:
@@ -194,7 +206,8 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
         if "test" in splits:
             write_gallery(out, data, *predictions["test"], split_data.test.indices, classes)
         summary = {
-            "checkpoint": str(path), "epoch": ckpt["epoch"], "tta_flip": tta_flip, "config": cfg.to_dict(),
+            "checkpoint": str(path), "epoch": ckpt["epoch"], "tta_flip": tta_flip,
+            "recalibrate_norm": min(recalibrate_norm, len(split_data.train.labels)), "config": cfg.to_dict(),
             "split": ckpt["split"], "classes": classes,
             "splits": {s: {**r["scalars"], "confused_pairs": r["confused_pairs"],
                            "per_class": {c: r["report"][c] for c in classes}} for s, r in results.items()},

@@ -193,9 +193,12 @@ def build(run_dir: Path) -> list[tuple]:
               "split; the evaluation below uses eval mode."),
     ]
 
+    recalibrated = metrics.get("recalibrate_norm")
     blocks += [("h2", "Results"), ("p", f"Checkpoint: {metrics['checkpoint']} (epoch {metrics['epoch']})"
-                                        + (", with horizontal-flip test-time augmentation." if metrics.get("tta_flip")
-                                           else "."))]
+                                        + (", with horizontal-flip test-time augmentation" if metrics.get("tta_flip")
+                                           else "")
+                                        + (f", with its BatchNorm statistics recomputed from {recalibrated} train "
+                                           "images" if recalibrated else "") + ".")]
     columns = ["accuracy", "top2_accuracy", "nll", "ece", "macro_precision", "macro_recall", "macro_f1-score"]
     blocks.append(table(["split", "images", *columns],
                         [[s, v["n"], *(f"{v[c]:.4f}" for c in columns)] for s, v in splits.items()]))

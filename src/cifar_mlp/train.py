@@ -167,6 +167,20 @@ def forward_loss(model, loss_fn, x, target, bf16: bool) -> tuple[torch.Tensor, t
     return average_probabilities(member_logits), loss
 
 
+@contextlib.contextmanager
+def batch_norm_momentum(model: nn.Module, momentum: float | None):
+    """Within the block, every BatchNorm layer of model (yielded) updates its running statistics with this momentum:
+    0.0 leaves them as they are, None makes them a cumulative average; the layers' own momenta come back after."""
+    norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    for m in norms:
+        m.momentum = momentum
+    try:
+        yield list(norms)
+    finally:
+        for m, own in norms.items():
+            m.momentum = own
+
+
 def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool) -> None:
     """SAM (Foret et al., 2021): replace the gradients, already computed at the weights w, by those at
     w + rho * g / |g|, the steepest point within radius rho to first order, so that the step prefers flat minima.
@@ -176,13 +190,9 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool)
         originals = [p.detach().clone() for p in params]
         grads = [p.grad for p in params]
         torch._foreach_add_(params, torch._foreach_mul(grads, rho / (nn.utils.get_total_norm(grads) + 1e-12)))
-    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    for m in momenta:
-        m.momentum = 0.0
-    model.zero_grad(set_to_none=True)
-    forward_loss(model, loss_fn, x, target, bf16)[1].backward()
-    for m, momentum in momenta.items():
-        m.momentum = momentum
+    with batch_norm_momentum(model, 0.0):
+        model.zero_grad(set_to_none=True)
+        forward_loss(model, loss_fn, x, target, bf16)[1].backward()
     with torch.no_grad():
         for p, original in zip(params, originals, strict=True):
             p.copy_(original)
@@ -198,17 +208,14 @@ def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: i
     validation loss. Dropout in eval mode draws no random numbers, and the weights are untouched, so training
     goes on exactly as without it. The batches are of near-equal size (at least 2 images each), since the
     cumulative average (momentum None) weights each batch equally."""
-    norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     was_training = model.training
     model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for batch in images.tensor_split(max(1, math.ceil(len(images) / batch_size))):
-        model(batch)
-    for m, momentum in norms.items():
-        m.momentum = momentum
+    with batch_norm_momentum(model, None) as norms:
+        for m in norms:
+            m.reset_running_stats()
+            m.train()
+        for batch in images.tensor_split(max(1, math.ceil(len(images) / batch_size))):
+            model(batch)
     model.train(was_training)
 
 
