@@ -85,7 +85,6 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: flip averages the predictions of each image and its mirror")
 
 
-
 def cmd_evaluate(args) -> None:
     from cifar_mlp.evaluate import evaluate_run
 
