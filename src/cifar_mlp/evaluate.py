@@ -18,7 +18,7 @@ from cifar_mlp.config import from_dict
 from cifar_mlp.data import SPLIT_NAMES, Cifar10, load_cifar10, make_splits, resolve_device
 from cifar_mlp.model import Ensemble, predict_logits
 from cifar_mlp.rundir import write_csv
-from cifar_mlp.train import recalibrate_batch_norm
+from cifar_mlp.train import batch_norms, recalibrate_batch_norm
 
 ECE_BINS = 15
 GALLERY_SIZE = 32
@@ -184,7 +184,7 @@ def evaluate_run(run_dir, which: str = "best", splits=SPLIT_NAMES, out=None, dat
                             f"{path} was trained on (fingerprint {ckpt['split']['fingerprint']}); use the same "
                             "dataset")
         if recalibrate_norm:
-            if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            if not batch_norms(model):
                 raise UserError(f"--recalibrate-norm recomputes BatchNorm statistics, and the model of {path} has "
                                 "no BatchNorm layer; drop the option")
             recalibrate_batch_norm(model, split_data.train.images[:recalibrate_norm])

@@ -167,11 +167,16 @@ def forward_loss(model, loss_fn, x, target, bf16: bool) -> tuple[torch.Tensor, t
     return average_probabilities(member_logits), loss
 
 
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of model, whatever its dimension."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
 def batch_norm_momentum(model: nn.Module, momentum: float | None):
     """Within the block, every BatchNorm layer of model (yielded) updates its running statistics with this momentum:
     0.0 leaves them as they are, None makes them a cumulative average; the layers' own momenta come back after."""
-    norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    norms = {m: m.momentum for m in batch_norms(model)}
     for m in norms:
         m.momentum = momentum
     try:
