@@ -195,3 +195,14 @@ def test_the_set_up_names_each_augmentation_with_its_bounds():
                                      "mix": "mixup", "mix_alpha": 0.2}})
     assert augmentations(cfg) == ["rotations by up to 5 degrees and changes of scale by up to 5%", "flip",
                                   "translations by up to 3 pixels", "mixup (alpha 0.2)"]
+
+
+@pytest.mark.parametrize(("mutual_weight", "how"), [(0.0, "trained independently"),
+                                                    (1.0, "each also learning from the others' predictions")])
+def test_the_ensemble_sentence_says_how_its_members_were_trained(mutual_weight, how):
+    from cifar_mlp.report import ensemble_gain
+
+    held_out = {"accuracy": 0.63, "member_accuracy": [0.61, 0.62, 0.60]}
+    text = ensemble_gain(held_out, "test", mutual_weight)
+    assert f"It is an ensemble of 3 networks {how}, which alone classify 60.0% to 62.0%" in text
+    assert "adds 2.0 points to their mean" in text

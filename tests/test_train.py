@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from lion_pytorch import Lion
 from torch import nn
 
 from cifar_mlp import UserError, checkpoint, rundir, train
@@ -62,6 +63,8 @@ def test_same_seed_same_history_other_seed_differs(tiny_config, synthetic_root, 
      {"members": 2, "whitening": "project", "whitening_dims": 40, "input_dropout": 0.2}, {"recalibrate_norm": 100}),
     ({}, {"optimizer": "muon", "schedule": "onecycle", "warmup_epochs": 1.0}, {"members": 2, "bottleneck": 16}, {}),
     ({}, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}, {}, {}),
+    ({}, {"optimizer": "lion", "lr": 3e-4, "weight_decay": 0.1}, {}, {}),
+    ({}, {"mutual_weight": 1.0, "sam_rho": 0.05}, {"members": 2}, {}),
 ])
 def test_resume_equals_an_uninterrupted_run(tiny_config, synthetic_root, tmp_path, monkeypatch, data, optim, model,
                                             train_):
@@ -172,6 +175,36 @@ def test_ensemble_members_train_on_their_own_losses_and_load_back(tiny_config, s
     assert len(checkpoint.build_model(ckpt, path)) == 3
     with pytest.raises(UserError, match="different architecture than the config \\(mlp, members 1"):
         checkpoint.build_model(ckpt, path, dataclasses.replace(cfg.model, members=1))
+
+
+def test_mutual_learning_pulls_each_member_towards_its_peers_held_constant():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8, 10, requires_grad=True)
+    pairs = [nn.functional.kl_div(logits[k].log_softmax(1), logits[peer].detach().log_softmax(1),
+                                  reduction="batchmean", log_target=True)
+             for k in range(3) for peer in range(3) if peer != k]
+    expected = torch.stack(pairs).mean()
+    mutual = train.mutual_kl(logits)
+    torch.testing.assert_close(mutual, expected)
+    torch.testing.assert_close(torch.autograd.grad(mutual, logits)[0], torch.autograd.grad(expected, logits)[0])
+    agreeing = logits[:1].detach().expand(3, -1, -1)
+    assert train.mutual_kl(agreeing).abs().item() < 1e-6
+
+    cfg = ModelConfig(widths=[32, 16], dropout=0.0, members=3)
+    ensemble, x, y = build_model(cfg), torch.randn(16, 3072), torch.randint(10, (16,))
+    loss_fn = nn.CrossEntropyLoss()
+    _, independent = train.forward_loss(ensemble, loss_fn, x, y, bf16=False)
+    _, mutual_loss = train.forward_loss(ensemble, loss_fn, x, y, bf16=False, mutual_weight=0.5)
+    torch.testing.assert_close(mutual_loss, independent + 0.5 * train.mutual_kl(ensemble.member_logits(x)))
+
+
+def test_members_learning_from_each_other_train_otherwise_than_alone(tiny_config, synthetic_root, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, members=2))
+    alone = run(cfg, tmp_path / "alone", synthetic_root)
+    mutual = run(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, mutual_weight=1.0)),
+                 tmp_path / "mutual", synthetic_root)
+    assert mutual[-1]["train_loss"] < mutual[0]["train_loss"]
+    assert without_timing(mutual) != without_timing(alone)
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
@@ -454,7 +487,7 @@ def test_at_a_constant_learning_rate_a_short_run_is_the_start_of_a_longer_one(ti
     assert without_timing(full[:4]) == without_timing(short)
 
 
-def test_muon_steps_the_hidden_weight_matrices_and_adamw_the_rest(tiny_config):
+def test_muon_steps_the_hidden_weight_matrices_and_adamw_the_rest_sgd_and_lion_all(tiny_config):
     cfg = dataclasses.replace(tiny_config, optim=dataclasses.replace(tiny_config.optim, optimizer="muon"),
                               model=dataclasses.replace(tiny_config.model, members=2, bottleneck=16))
     model = build_model(cfg.model)
@@ -469,10 +502,13 @@ def test_muon_steps_the_hidden_weight_matrices_and_adamw_the_rest(tiny_config):
     assert all(id(member.head.weight) in in_adamw for member in model)
     sgd = train.make_optimizer(model, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, optimizer="sgd")))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+    lion = train.make_optimizer(model, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, optimizer="lion")))
+    assert isinstance(lion, Lion) and lion.defaults["weight_decay"] == cfg.optim.weight_decay
+    assert {id(p) for group in lion.param_groups for p in group["params"]} == {id(p) for p in model.parameters()}
 
 
-@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("muon", 3e-3)])
-def test_sgd_and_muon_lower_the_loss_and_follow_the_schedule(tiny_config, synthetic_root, tmp_path, optimizer, lr):
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("muon", 3e-3), ("lion", 3e-4)])
+def test_sgd_muon_and_lion_lower_the_loss_and_follow_the_schedule(tiny_config, synthetic_root, tmp_path, optimizer, lr):
     cfg = dataclasses.replace(tiny_config, optim=dataclasses.replace(
         tiny_config.optim, optimizer=optimizer, lr=lr, schedule="cosine"))
     history = run(cfg, tmp_path / "run", synthetic_root)

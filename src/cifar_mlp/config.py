@@ -48,6 +48,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum) | muon (hidden weight matrices; AdamW for the rest)
+    # | lion (sign of momentum: lr 3-10x smaller than AdamW's, weight decay as many times larger)
     lr: float = 1e-6
     momentum: float = 0.9  # sgd and muon
     weight_decay: float = 0.01
@@ -59,6 +60,7 @@ class OptimConfig:
     sam_rho: float = 0.0  # sharpness-aware minimisation: radius of the weight perturbation; 0: plain steps
     distill_weight: float = 0.5  # with train.teacher: the teacher's share of each target, the label's the rest
     distill_temperature: float = 1.0  # with train.teacher: divides the teacher's logits (above 1 softens them)
+    mutual_weight: float = 0.0  # an ensemble's members also learn from each other's predictions (train.mutual_kl)
 
 
 @dataclass
@@ -93,7 +95,7 @@ CHOICES = {
     "model.activation": {"relu", "gelu"},
     "model.order": {"act-norm", "norm-act"},
     "model.whitening": {"none", "pca", "zca", "project"},
-    "optim.optimizer": {"adamw", "sgd", "muon"},
+    "optim.optimizer": {"adamw", "sgd", "muon", "lion"},
     "optim.schedule": {"none", "cosine", "onecycle"},
     "train.device": {"auto", "cpu", "cuda"},
 }
@@ -167,6 +169,7 @@ RANGES = {
     "optim.sam_rho": (0, 1e3, True, True),
     "optim.distill_weight": (0, 1, True, True),
     "optim.distill_temperature": (0, 1e3, False, True),
+    "optim.mutual_weight": (0, 1e3, True, True),
     "train.epochs": (1, 10**6, True, True),
     "train.batch_size": (1, 2**31 - 1, True, True),
     "train.seed": (0, SEED_MAX, True, True),
@@ -214,6 +217,10 @@ def validate(c: Config) -> None:
         value = getattr(getattr(c, section), name)
         if value not in allowed:
             raise UserError(f"config: {key} must be one of {', '.join(sorted(allowed))}, got {value!r}")
+    if c.optim.mutual_weight and c.model.members < 2:
+        raise UserError(f"config: optim.mutual_weight={c.optim.mutual_weight} makes an ensemble's members learn from "
+                        "each other, and this model is one network; set model.members to 2 or more, or "
+                        "optim.mutual_weight to 0")
     if c.train.teacher and (c.data.augment or c.data.mix != "none"):
         raise UserError("config: train.teacher distils the teacher's predictions for the train images as they are; "
                         "with a teacher, set data.augment = [] and data.mix = \"none\"")

@@ -229,12 +229,13 @@ def build(run_dir: Path) -> list[tuple]:
     return blocks
 
 
-def ensemble_gain(held_out: dict, name: str) -> str:
+def ensemble_gain(held_out: dict, name: str, mutual_weight: float) -> str:
     """What averaging an ensemble's members bought, in words ("" for a single network)."""
     members = held_out.get("member_accuracy")
     if not members:
         return ""
-    return (f" It is an ensemble of {len(members)} networks trained independently, which alone classify "
+    how = "each also learning from the others' predictions" if mutual_weight else "trained independently"
+    return (f" It is an ensemble of {len(members)} networks {how}, which alone classify "
             f"{pct(min(members))} to {pct(max(members))} of the {name} images correctly: averaging their "
             f"probabilities adds {100 * (held_out['accuracy'] - sum(members) / len(members)):.1f} points to their "
             "mean.")
@@ -280,7 +281,8 @@ def conclusions(diag: Diagnosis, splits: dict, cfg, robustness: dict | None = No
               f"(chance: 10%), and the right class is among its top two in {pct(held_out['top2_accuracy'])}. "
               f"Quality differs by class: F1 from {f1[worst]:.3f} ({worst}) to {f1[best]:.3f} ({best})."
               + (f" Its largest confusion is {pair['true']} predicted as {pair['predicted']} ({pair['count']} "
-                 "images)." if pair else "") + ensemble_gain(held_out, name) + across_runs([1], published)),
+                 "images)." if pair else "") + ensemble_gain(held_out, name, cfg.optim.mutual_weight)
+              + across_runs([1], published)),
     ]
     train = splits.get("train")
     gap = (f" On the evaluated splits, train accuracy is {pct(train['accuracy'])} against {pct(held_out['accuracy'])}"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lion_pytorch import Lion
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -114,11 +115,15 @@ def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer | Optimizers:
     BENCHMARKS.md). SGD's weight decay is torch's L2 penalty, coupled to the gradient. Muon (Jordan et al. 2024)
     steps each hidden layer's weight matrix by its orthogonalised momentum, scaled to AdamW's update size
     ("match_rms_adamw"), so that AdamW's learning rate and weight decay carry over; the output layer, biases and
-    norms, which Muon is not meant for, stay with AdamW."""
+    norms, which Muon is not meant for, stay with AdamW. Lion (Chen et al. 2023, lion-pytorch) steps every weight by
+    the sign of an interpolated momentum, so each step has the same size per weight: it wants an lr 3-10 times
+    smaller than AdamW's and a weight decay as many times larger (its decay is lr * weight_decay, as AdamW's)."""
     o = cfg.optim
     if o.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0,
                                weight_decay=o.weight_decay)
+    if o.optimizer == "lion":
+        return Lion(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     adamw = functools.partial(torch.optim.AdamW, lr=o.lr, weight_decay=o.weight_decay, fused=True)
     if o.optimizer == "adamw":
         return adamw(model.parameters())
@@ -153,10 +158,12 @@ def make_ema(model, cfg: Config) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
 
 
-def forward_loss(model, loss_fn, x, target, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_loss(model, loss_fn, x, target, bf16: bool, mutual_weight: float = 0.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits (under bf16 autocast when asked) and the float32 loss against target. An ensemble's loss is
     the mean of its members' own losses, not the loss of its averaged prediction, so that each member learns as
-    it would alone (Adam's steps do not depend on the 1 / members scale of the gradients)."""
+    it would alone (Adam's steps do not depend on the 1 / members scale of the gradients); mutual_weight adds
+    that much of mutual_kl, through which the members also learn from each other."""
     ensemble = isinstance(model, Ensemble)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model.member_logits(x) if ensemble else model(x)
@@ -164,7 +171,21 @@ def forward_loss(model, loss_fn, x, target, bf16: bool) -> tuple[torch.Tensor, t
         return logits, loss_fn(logits.float(), target)
     member_logits = logits.float()
     loss = torch.stack([loss_fn(one, target) for one in member_logits]).mean()
+    if mutual_weight:
+        loss = loss + mutual_weight * mutual_kl(member_logits)
     return average_probabilities(member_logits), loss
+
+
+def mutual_kl(member_logits: torch.Tensor) -> torch.Tensor:
+    """Deep mutual learning (Zhang et al. 2018): KL(p_l || p_k) averaged over every ordered pair of distinct
+    members l, k and over the batch, with each peer's p_l held constant, so that member k is pulled only towards
+    its peers' predictions, as a student towards a teacher's."""
+    log_p = member_logits.log_softmax(-1)
+    peers = log_p.detach()
+    kl = (peers.exp() * peers).sum(-1).mean(-1)[:, None] - torch.einsum("lbc,kbc->lk", peers.exp(), log_p) / (
+        log_p.shape[1])
+    m = len(kl)
+    return (kl.sum() - kl.diagonal().sum()) / (m * (m - 1))
 
 
 def batch_norms(model: nn.Module) -> list[nn.Module]:
@@ -186,7 +207,8 @@ def batch_norm_momentum(model: nn.Module, momentum: float | None):
             m.momentum = own
 
 
-def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool) -> None:
+def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool,
+                              mutual_weight: float = 0.0) -> None:
     """SAM (Foret et al., 2021): replace the gradients, already computed at the weights w, by those at
     w + rho * g / |g|, the steepest point within radius rho to first order, so that the step prefers flat minima.
     The weights are restored exactly, and BatchNorm running statistics are not updated by this second pass."""
@@ -197,7 +219,7 @@ def sharpness_aware_gradients(model, loss_fn, x, target, rho: float, bf16: bool)
         torch._foreach_add_(params, torch._foreach_mul(grads, rho / (nn.utils.get_total_norm(grads) + 1e-12)))
     with batch_norm_momentum(model, 0.0):
         model.zero_grad(set_to_none=True)
-        forward_loss(model, loss_fn, x, target, bf16)[1].backward()
+        forward_loss(model, loss_fn, x, target, bf16, mutual_weight)[1].backward()
     with torch.no_grad():
         for p, original in zip(params, originals, strict=True):
             p.copy_(original)
@@ -259,13 +281,14 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
         if teacher_probs is not None:
             target = torch.lerp(nn.functional.one_hot(y, teacher_probs.shape[1]).float(), teacher_probs[idx],
                                 cfg.optim.distill_weight)
-        logits, loss = forward_loss(model, loss_fn, x, target, cfg.train.bf16)
+        logits, loss = forward_loss(model, loss_fn, x, target, cfg.train.bf16, cfg.optim.mutual_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_norm_sum is not None:  # of the loss's own gradient, before SAM or clipping change it
             grad_norm_sum += torch.stack([w.grad.norm() for w in weights])
         if cfg.optim.sam_rho:
-            sharpness_aware_gradients(model, loss_fn, x, target, cfg.optim.sam_rho, cfg.train.bf16)
+            sharpness_aware_gradients(model, loss_fn, x, target, cfg.optim.sam_rho, cfg.train.bf16,
+                                      cfg.optim.mutual_weight)
         if cfg.optim.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
