@@ -180,11 +180,11 @@ def mutual_kl(member_logits: torch.Tensor) -> torch.Tensor:
     """Deep mutual learning (Zhang et al. 2018): KL(p_l || p_k) averaged over every ordered pair of distinct
     members l, k and over the batch, with each peer's p_l held constant, so that member k is pulled only towards
     its peers' predictions, as a student towards a teacher's."""
-    log_p = member_logits.log_softmax(-1)
-    peers = log_p.detach()
-    kl = (peers.exp() * peers).sum(-1).mean(-1)[:, None] - torch.einsum("lbc,kbc->lk", peers.exp(), log_p) / (
-        log_p.shape[1])
-    m = len(kl)
+    log_p = member_logits.log_softmax(-1)  # members x N x C
+    peer_log_p = log_p.detach()
+    peer_p = peer_log_p.exp()
+    m, n = log_p.shape[:2]
+    kl = ((peer_p * peer_log_p).sum((1, 2))[:, None] - torch.einsum("lnc,knc->lk", peer_p, log_p)) / n  # l, k
     return (kl.sum() - kl.diagonal().sum()) / (m * (m - 1))
 
 
