@@ -535,9 +535,9 @@ def test_a_student_learns_from_its_teachers_probabilities_blended_with_the_label
     targets = []
     real_forward_loss = train.forward_loss
 
-    def spy(model, loss_fn, x, target, bf16):
+    def spy(model, loss_fn, x, target, *args):
         targets.append((x.clone(), target.clone()))
-        return real_forward_loss(model, loss_fn, x, target, bf16)
+        return real_forward_loss(model, loss_fn, x, target, *args)
 
     monkeypatch.setattr(train, "forward_loss", spy)
     history = run(with_teacher(tiny_config, tmp_path / "teacher", weight, temperature), tmp_path / "s", synthetic_root)
