@@ -148,18 +148,29 @@ def test_colour_jitter_is_torchvisions_with_a_factor_per_image():
     from torchvision.transforms.v2 import functional as F
 
     mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
-    pixels = torch.rand(16, 3, 32, 32)
-    x = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    pixels = 0.35 + 0.2 * torch.rand(16, 3, 32, 32)  # no adjustment below pushes a pixel out of [0, 1]
+    x = normalise(pixels * 255, mean, std)
     assert torch.allclose(augment(x, ["colour"], translate=4, colour=0.0, normalisation=(mean, std)), x, atol=1e-5)
     torch.manual_seed(0)
-    jittered = augment(x, ["colour"], translate=4, colour=0.4, normalisation=(mean, std))
+    jittered = augment(x, ["colour"], translate=4, colour=0.3, normalisation=(mean, std))
     torch.manual_seed(0)
-    factors = (1 + (torch.rand(3, 16) * 2 - 1) * 0.4).tolist()
-    assert all(0.6 <= f <= 1.4 for row in factors for f in row) and len(set(factors[0])) == 16
+    factors = (1 + (torch.rand(3, 16) * 2 - 1) * 0.3).tolist()
+    assert all(0.7 <= f <= 1.3 for row in factors for f in row) and len(set(factors[0])) == 16
     for i, (brightness, contrast, saturation) in enumerate(zip(*factors, strict=True)):
         expected = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(pixels[i], brightness), contrast),
                                        saturation)
+        assert expected.min() > 0 and expected.max() < 1
         assert torch.allclose(jittered[i], normalise(expected * 255, mean, std)[0], atol=1e-5)
+
+
+def test_colour_jitter_keeps_pixels_in_range():
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    x = normalise(torch.randint(0, 256, (64, 3, 32, 32)).float(), mean, std)
+    torch.manual_seed(0)
+    pixels = augment(x, ["colour"], translate=4, colour=1.0, normalisation=(mean, std)) * torch.tensor(std).view(
+        1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert pixels.min() > -1e-6 and pixels.max() < 1 + 1e-6
+    assert (pixels < 1e-6).any() and (pixels > 1 - 1e-6).any()  # strength 1 pushes some pixels out: clamped
 
 
 def test_mixup_blends_each_image_with_its_neighbour_in_the_label_proportion():

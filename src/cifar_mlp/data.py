@@ -278,19 +278,26 @@ def rotate_and_zoom(x: torch.Tensor, angles: torch.Tensor, zooms: torch.Tensor) 
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+LUMA = (0.2989, 0.587, 0.114)  # the grey level's weights of R, G, B: torchvision's rgb_to_grayscale (ITU-R 601-2)
+
+
 def jitter_colour(x: torch.Tensor, strength: float, mean: list[float], std: list[float]) -> torch.Tensor:
     """torchvision's colour adjustments with a factor per image (its batched ColorJitter draws one for the whole
     batch), in a fixed order where ColorJitter shuffles it: brightness, contrast, then saturation, each scaled by
-    a factor drawn from [1 - strength, 1 + strength], on the pixels in [0, 1] (the normalisation undone, then
-    redone), clamped to [0, 1] after each."""
-    from torchvision.transforms.v2.functional import rgb_to_grayscale
-
-    m, s = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
-    factors = 1 + (torch.rand(3, len(x), 1, 1, 1, device=x.device) * 2 - 1) * strength
-    pixels = (x * s + m).mul_(factors[0]).clamp_(0, 1)
-    pixels = torch.lerp(rgb_to_grayscale(pixels).mean((2, 3), keepdim=True), pixels, factors[1]).clamp_(0, 1)
-    pixels = torch.lerp(rgb_to_grayscale(pixels), pixels, factors[2]).clamp_(0, 1)
-    return (pixels - m) / s
+    a factor drawn from [1 - strength, 1 + strength], on the pixels in [0, 1]. Each adjustment is linear in an
+    image's colours, so the three (and the normalisation, undone and redone) compose into one 3 x 3 matrix and
+    offset per image, applied in one pass over the batch and clamped to [0, 1] once at the end, where torchvision
+    clamps after each: the same images wherever no adjustment pushes a pixel out of range, at a fraction of the
+    cost of a dozen passes (three adjustments in a row added about 15% to best's epoch on 2 CPU cores)."""
+    m, s, luma = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in (mean, std, LUMA))
+    brightness, contrast, saturation = 1 + (torch.rand(3, len(x), 1, 1, device=x.device) * 2 - 1) * strength
+    saturate = saturation * torch.eye(3, dtype=x.dtype, device=x.device) + (1 - saturation) * luma  # blend with grey
+    grey_mean = (x.mean((2, 3)) * s + m) @ luma  # each image's mean grey level, which contrast blends towards
+    colours = brightness * contrast * saturate
+    offsets = saturate.sum(2) * ((1 - contrast) * brightness).view(-1, 1) * grey_mean.view(-1, 1)
+    matrices, biases = colours * s / s.view(3, 1), (colours @ m + offsets - m) / s  # on the normalised images
+    low, high = (-m / s).view(1, 3, 1), ((1 - m) / s).view(1, 3, 1)
+    return torch.baddbmm(biases.unsqueeze(2), matrices, x.flatten(2)).clamp_(low, high).view_as(x)
 
 
 def augment(x: torch.Tensor, kinds: list[str], translate: int, rotate: float = 0.0, zoom: float = 0.0,
