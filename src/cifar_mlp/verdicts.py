@@ -245,7 +245,7 @@ ABLATION_PARENT = {"optimiser": "seed", "width": "optimiser", "projection": "wid
 ABLATION_CHANGE = {"optimiser": ("AdamW at peak lr 1e-2, one-cycle, batch 1024, label smoothing 0.25, "
                                  "weight decay 0.07"),
                    "width": "widths 1024-512-256", "projection": "the fixed projection onto 512 components",
-                   "augmentation": "flips and translations", "dropout": "dropout 0.5, 0.2 on the inputs",
+                   "augmentation": "flips, translations and colour jitter", "dropout": "dropout 0.5, 0.2 on the inputs",
                    "ensemble": "an ensemble of 3"}
 
 
@@ -373,7 +373,7 @@ def claim_robustness(presets: dict[str, list[Run]]) -> Finding:
     parts.append(Part(f"`seed` under rotation: at 30 degrees against clean, {c.text()} in test accuracy.",
                       when(c.outcome, "lower")))
     for cnn, mlp, why in (("cnn-noaug", "seed", "both trained without augmentation"),
-                          ("cnn", "best", "both trained with flips and translations")):
+                          ("cnn", "best", "both trained with flips and translations, `best` also with colour jitter")):
         if cnn in measured and mlp in measured:
             for fams, label in ((["rotation"], "rotation"), (None, "all transforms"))[:1 + (len(families) > 1)]:
                 c = compare([retained(r, fams) for r in measured[cnn]], [retained(r, fams) for r in measured[mlp]])
