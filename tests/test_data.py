@@ -101,6 +101,20 @@ def test_augment_flip_and_crop_are_shifts_and_mirrors():
         assert any(torch.equal(a[:, dy : dy + 32, dx : dx + 32], b) for dy in range(9) for dx in range(9))
 
 
+def test_flip_and_crop_together_draw_every_mirror_and_shift():
+    torch.manual_seed(0)
+    x = torch.randn(2000, 3, 32, 32)
+    out = augment(x, ["flip", "crop"], translate=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    drawn = set()
+    for a, b in zip(padded, out, strict=True):
+        found = [(m, dy, dx) for m in (False, True) for dy in range(5) for dx in range(5)
+                 if torch.equal((a.flip(2) if m else a)[:, dy : dy + 32, dx : dx + 32], b)]
+        assert len(found) == 1
+        drawn.add(found[0])
+    assert len(drawn) == 50
+
+
 def test_translate_bounds_the_shift():
     torch.manual_seed(0)
     x = torch.randn(256, 3, 32, 32)

@@ -82,6 +82,18 @@ def test_dropout_keeps_one_minus_p_and_rescales(p):
     assert torch.equal(layer(x), x)
 
 
+@pytest.mark.parametrize("p", [0.2, 0.3, 0.5])
+def test_dropout_in_bf16_keeps_the_expected_activation(p):
+    """bf16 holds 1 / 0.7 only to 0.3%: the mask stays bf16, and the activation's mean stays 1."""
+    torch.manual_seed(0)
+    y = Dropout(p)(torch.ones(2000, 1000, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.004
+    assert len(y[kept].unique()) == 1
+    assert abs(y.float().mean().item() - 1) < 0.003
+
+
 def test_dropout_masks_are_independent_across_columns():
     torch.manual_seed(0)
     kept = (Dropout(0.5)(torch.ones(20000, 6)) != 0).float()

@@ -69,7 +69,7 @@ class TrainConfig:
     batch_size: int = 2024
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = False  # bf16 autocast of the matmuls where the device has native bf16, else float32
+    bf16: bool = False  # bf16 autocast (training, validation) where the device has native bf16, else float32
     tensorboard: bool = False  # also log to TensorBoard event files under RUN/tensorboard
     grad_norms: bool = False  # add each weight layer's gradient norm (mean over the epoch's steps) to history.csv
     teacher: str = ""  # distillation: a run directory (or checkpoint) whose predictions the targets blend in

@@ -21,19 +21,20 @@ def make_norm(kind: str, width: int) -> nn.Module:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper CPU mask: each 64-bit random word gives three 16-bit uniforms, so the CPU's
-    sequential random-number generator makes a third as many calls as torch's bernoulli_ (which took 13% of a
-    seed-model epoch). An element is kept with probability round((1 - p) * 2^16) / 2^16 (within 2^-17 of 1 - p)
-    and scaled by the inverse of that probability. On CUDA it is torch's own dropout."""
+    """nn.Dropout with a cheaper CPU mask: each 64-bit random word gives four 16-bit uniforms, so the CPU's
+    sequential random-number generator makes a quarter as many calls as torch's bernoulli_ (which took 13% of a
+    seed-model epoch), and the mask is one tensor of 0 and the scale, multiplied in. The scale (the inverse of the
+    keep probability) is rounded to what x's dtype holds exactly, so bf16 keeps the expected activation, and an
+    element is kept with probability round(2^16 / scale) / 2^16: within 2^-17 of 1 - p in float32, within 0.4% of
+    it in bf16 (exactly as close as float32 for p = 0.2 and 0.5). On CUDA it is torch's own dropout."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.is_cuda:
             return super().forward(x)
-        keep_count = round((1 - self.p) * 65536)
-        words = torch.empty((x.numel() + 2) // 3, dtype=torch.int64, device=x.device).random_()
-        uniform16 = words.view(torch.int16).view(-1, 4)[:, :3]  # the low 48 bits; bit 63 is always 0
-        keep = (uniform16 < keep_count - 32768).flatten()[: x.numel()].view_as(x)
-        return torch.where(keep, x, 0) * (65536 / keep_count)
+        scale = x.new_tensor(1 / (1 - self.p))
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
+        uniform16 = words.view(torch.int16)[: x.numel()].view_as(x)  # each of the 2^16 values equally likely
+        return x * torch.where(uniform16 < round(65536 / scale.item()) - 32768, scale, x.new_zeros(()))
 
 
 class Block(nn.Sequential):
