@@ -253,22 +253,20 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -
     return batches
 
 
-def flip_and_shift(x: torch.Tensor, flip: bool, pad: int) -> torch.Tensor:
-    """Each image mirrored (half of them, with flip) and shifted by up to pad pixels each way with zero fill
-    (pad > 0), i.e. a random crop of the zero-padded image. One choice per image among the 2 x (2 pad + 1)^2
-    combinations, then two gathers (columns, then rows) through per-image index rows that are broadcast over
-    channels, not materialised per pixel: a 32-entry index per image instead of a 3,072-entry one."""
-    shifts = 2 * pad + 1
-    choice = torch.randint((2 if flip else 1) * shifts**2, (len(x),), device=x.device)
-    mirrored, dy, dx = choice // shifts**2, choice // shifts % shifts - pad, choice % shifts - pad
-    j = torch.arange(32, device=x.device)
-    cols = torch.where(mirrored.bool()[:, None], 31 - j, j) + dx[:, None]
-    rows = j + dy[:, None]
-    cols, rows = (torch.where((src >= 0) & (src < 32), src, 32) for src in (cols, rows))  # 32: the zero padding
-    n = len(x)
-    padded = torch.nn.functional.pad(x, (0, 1, 0, 1))
-    x = padded.gather(3, cols[:, None, None, :].expand(n, 3, 33, 32))
-    return x.gather(2, rows[:, None, :, None].expand(n, 3, 32, 32))
+@functools.cache
+def augment_table(flip: bool, crop: bool, device: torch.device, pad: int) -> torch.Tensor:
+    """Source index (into a flat image with one zero appended) of every output pixel, for each combination of
+    mirror and shift: K x 3072, K = 2 x (2 pad + 1)^2 with both. One gather per batch then applies any of them."""
+    c, i, j = torch.meshgrid(torch.arange(3), torch.arange(32), torch.arange(32), indexing="ij")
+    shifts = range(-pad, pad + 1) if crop else (0,)
+    tables = []
+    for mirrored in ((False, True) if flip else (False,)):
+        for dy in shifts:
+            for dx in shifts:
+                src_i, src_j = i + dy, (31 - j if mirrored else j) + dx
+                inside = (src_i >= 0) & (src_i < 32) & (src_j >= 0) & (src_j < 32)
+                tables.append(torch.where(inside, c * 1024 + src_i * 32 + src_j, 3 * 1024).flatten())
+    return torch.stack(tables).to(device)
 
 
 def rotate_and_zoom(x: torch.Tensor, angles: torch.Tensor, zooms: torch.Tensor) -> torch.Tensor:
@@ -308,7 +306,7 @@ def augment(x: torch.Tensor, kinds: list[str], translate: int, rotate: float = 0
     images' (mean, std) normalisation), a random rotation by up to `rotate` degrees and change of scale by up
     to `zoom` each way ("affine", Lin et al. 2015's deformations), then a random horizontal flip ("flip") and a
     random translation by up to `translate` pixels each way with zero fill, i.e. a random crop of the padded
-    image ("crop"), by gathering columns then rows."""
+    image ("crop"), in one gather."""
     if "colour" in kinds:
         x = jitter_colour(x, colour, *normalisation)
     if "affine" in kinds:
@@ -316,7 +314,10 @@ def augment(x: torch.Tensor, kinds: list[str], translate: int, rotate: float = 0
         x = rotate_and_zoom(x, uniform[0] * math.radians(rotate), 1 + uniform[1] * zoom)
     if "flip" not in kinds and "crop" not in kinds:
         return x
-    return flip_and_shift(x, "flip" in kinds, translate if "crop" in kinds else 0)
+    table = augment_table("flip" in kinds, "crop" in kinds, x.device, translate)
+    choice = torch.randint(len(table), (len(x),), device=x.device)
+    flat = torch.nn.functional.pad(x.flatten(1), (0, 1))
+    return flat.gather(1, table[choice]).view_as(x)
 
 
 @functools.cache
