@@ -8,7 +8,7 @@ from lion_pytorch import Lion
 from torch import nn
 
 from cifar_mlp import UserError, checkpoint, rundir, train
-from cifar_mlp.config import ModelConfig
+from cifar_mlp.config import Config, ModelConfig, OptimConfig
 from cifar_mlp.data import load_cifar10, make_splits
 from cifar_mlp.model import MLP, average_probabilities, build_model, predict_logits
 from cifar_mlp.rundir import read_history
@@ -505,6 +505,27 @@ def test_muon_steps_the_hidden_weight_matrices_and_adamw_the_rest_sgd_and_lion_a
     lion = train.make_optimizer(model, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, optimizer="lion")))
     assert isinstance(lion, Lion) and lion.defaults["weight_decay"] == cfg.optim.weight_decay
     assert {id(p) for group in lion.param_groups for p in group["params"]} == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lion", "muon"])
+@pytest.mark.parametrize("decay_biases_and_norms", [True, False])
+def test_weight_decay_spares_biases_and_norms_when_asked(optimizer, decay_biases_and_norms):
+    """With zero gradients a step is the decay alone: every weight matrix shrinks, and the biases and BatchNorm
+    scales and shifts shrink only with optim.decay_biases_and_norms."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(widths=[16, 8], members=2))
+    cfg = Config(optim=OptimConfig(optimizer=optimizer, lr=0.1, weight_decay=0.5,
+                                   decay_biases_and_norms=decay_biases_and_norms))
+    optimizer = train.make_optimizer(model, cfg)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+        if p.ndim == 1:  # BatchNorm's shifts start at 0, which decay cannot shrink
+            nn.init.uniform_(p, 0.5, 1.5)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer.step()
+    for name, p in model.named_parameters():
+        shrunk = p.abs().sum() < before[name].abs().sum()
+        assert shrunk if p.ndim == 2 or decay_biases_and_norms else torch.equal(p, before[name]), name
 
 
 @pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("muon", 3e-3), ("lion", 3e-4)])

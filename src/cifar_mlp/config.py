@@ -52,6 +52,7 @@ class OptimConfig:
     lr: float = 1e-6
     momentum: float = 0.9  # sgd and muon
     weight_decay: float = 0.01
+    decay_biases_and_norms: bool = True  # false: weight decay on weight matrices (and conv kernels) only
     schedule: str = "none"  # none | cosine | onecycle
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0

@@ -117,20 +117,33 @@ def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer | Optimizers:
     ("match_rms_adamw"), so that AdamW's learning rate and weight decay carry over; the output layer, biases and
     norms, which Muon is not meant for, stay with AdamW. Lion (Chen et al. 2023, lion-pytorch) steps every weight by
     the sign of an interpolated momentum, so each step has the same size per weight: it wants an lr 3-10 times
-    smaller than AdamW's and a weight decay as many times larger (its decay is lr * weight_decay, as AdamW's)."""
+    smaller than AdamW's and a weight decay as many times larger (its decay is lr * weight_decay, as AdamW's).
+    With optim.decay_biases_and_norms false, biases and norm scales and shifts are not decayed (decay_groups)."""
     o = cfg.optim
+    groups = functools.partial(decay_groups, decay_biases_and_norms=o.decay_biases_and_norms)
     if o.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0,
+        return torch.optim.SGD(groups(model.parameters()), lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0,
                                weight_decay=o.weight_decay)
     if o.optimizer == "lion":
-        return Lion(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        return Lion(groups(model.parameters()), lr=o.lr, weight_decay=o.weight_decay)
     adamw = functools.partial(torch.optim.AdamW, lr=o.lr, weight_decay=o.weight_decay, fused=True)
     if o.optimizer == "adamw":
-        return adamw(model.parameters())
+        return adamw(groups(model.parameters()))
     hidden = {name: p for name, p in model.named_parameters() if p.ndim == 2 and "head" not in name.split(".")}
     rest = [p for name, p in model.named_parameters() if name not in hidden]
     return Optimizers(torch.optim.Muon(hidden.values(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                                       adjust_lr_fn="match_rms_adamw"), adamw(rest))
+                                       adjust_lr_fn="match_rms_adamw"), adamw(groups(rest)))
+
+
+def decay_groups(params, decay_biases_and_norms: bool) -> list:
+    """The parameters as the optimizer takes them: all with its weight decay, or two groups, the weight matrices
+    and kernels (2 dimensions or more) with it and the biases and norm scales and shifts (1 dimension) without, as
+    nanoGPT and timm train: they are few, and shrinking them does not make the function simpler, only moves it."""
+    params = list(params)
+    if decay_biases_and_norms:
+        return params
+    return [{"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def teacher_probabilities(cfg: Config, splits, device: torch.device) -> tuple[torch.Tensor | None, dict]:
