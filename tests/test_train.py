@@ -507,14 +507,14 @@ def test_muon_steps_the_hidden_weight_matrices_and_adamw_the_rest_sgd_and_lion_a
     assert {id(p) for group in lion.param_groups for p in group["params"]} == {id(p) for p in model.parameters()}
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lion", "muon"])
+@pytest.mark.parametrize("optimizer_name", ["adamw", "sgd", "lion", "muon"])
 @pytest.mark.parametrize("decay_biases_and_norms", [True, False])
-def test_weight_decay_spares_biases_and_norms_when_asked(optimizer, decay_biases_and_norms):
+def test_weight_decay_spares_biases_and_norms_when_asked(optimizer_name, decay_biases_and_norms):
     """With zero gradients a step is the decay alone: every weight matrix shrinks, and the biases and BatchNorm
     scales and shifts shrink only with optim.decay_biases_and_norms."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(widths=[16, 8], members=2))
-    cfg = Config(optim=OptimConfig(optimizer=optimizer, lr=0.1, weight_decay=0.5,
+    cfg = Config(optim=OptimConfig(optimizer=optimizer_name, lr=0.1, weight_decay=0.5,
                                    decay_biases_and_norms=decay_biases_and_norms))
     optimizer = train.make_optimizer(model, cfg)
     for p in model.parameters():
