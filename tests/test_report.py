@@ -195,6 +195,9 @@ def test_the_set_up_names_each_augmentation_with_its_bounds():
                                      "mix": "mixup", "mix_alpha": 0.2}})
     assert augmentations(cfg) == ["rotations by up to 5 degrees and changes of scale by up to 5%", "flip",
                                   "translations by up to 3 pixels", "mixup (alpha 0.2)"]
+    cfg.data.clean_epochs = 6
+    assert augmentations(cfg)[-1] == "none in the last 6 epochs"
+    assert augmentations(config.from_dict({"data": {"clean_epochs": 6}})) == []
 
 
 @pytest.mark.parametrize(("mutual_weight", "how"), [(0.0, "trained independently"),

@@ -335,6 +335,36 @@ def test_train_accuracy_under_mixup_counts_the_label_with_the_larger_share(tiny_
     assert correct.item() == len(split.labels)
 
 
+def test_the_last_clean_epochs_train_on_the_images_as_they_are(tiny_config, synthetic_root):
+    cfg = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, augment=["flip", "crop"],
+                                                                   mix="mixup", clean_epochs=1),
+                              train=dataclasses.replace(tiny_config.train, epochs=2, batch_size=16))
+    split = make_splits(load_cifar10(synthetic_root, allow_download=False), 5, 0, "cpu").train
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = MLP(cfg.model)
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return self.model(x)
+
+    def unchanged_images() -> int:
+        """How many of the images the model saw are, to the bit, images of the train split."""
+        flat, seen_flat = split.images.flatten(1), torch.cat(seen).flatten(1)
+        return int((seen_flat[:, None] == flat[None]).all(-1).any(-1).sum())
+
+    model = Recording()
+    optimizer, loss_fn = train.make_optimizer(model, cfg), torch.nn.CrossEntropyLoss()
+    torch.manual_seed(0)
+    for epoch in (1, 2):
+        seen.clear()
+        train.train_epoch(model, optimizer, loss_fn, split, cfg, torch.Generator().manual_seed(epoch), epoch=epoch)
+        assert (unchanged_images() == len(split.labels)) == (epoch == 2)
+
+
 def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
     torch.manual_seed(0)
     model = MLP(ModelConfig(widths=[32, 16], dropout=0.0)).train()

@@ -24,6 +24,7 @@ class DataConfig:
     colour: float = 0.2  # "colour": the largest change of brightness, contrast and saturation, each way
     mix: str = "none"  # none | mixup | cutmix: blend pairs of training images and their labels, per batch
     mix_alpha: float = 1.0  # the mixing ratio is drawn from Beta(mix_alpha, mix_alpha)
+    clean_epochs: int = 0  # the last this many epochs train on the images as they are: no augment, no mix
 
 
 @dataclass
@@ -153,6 +154,7 @@ RANGES = {
     "data.rotate": (0, 180, True, True),
     "data.zoom": (0, 0.5, True, True),
     "data.colour": (0, 1, True, True),
+    "data.clean_epochs": (0, 10**6, True, True),
     "model.widths": (1, 2**31 - 1, True, True),
     "model.dropout": (0, 1, True, False),
     "model.input_dropout": (0, 1, True, False),
@@ -199,6 +201,9 @@ def validate(c: Config) -> None:
         raise UserError("config: model.widths must be a non-empty list of positive ints, e.g. [512, 256, 128]")
     if c.optim.warmup_epochs > c.train.epochs:
         raise UserError(f"config: optim.warmup_epochs ({c.optim.warmup_epochs}) exceeds train.epochs")
+    if c.data.clean_epochs > c.train.epochs:
+        raise UserError(f"config: data.clean_epochs ({c.data.clean_epochs}) exceeds train.epochs "
+                        f"({c.train.epochs}); set it to at most train.epochs, or 0 to augment every epoch")
     if c.model.architecture == "cnn":
         check_comparator(c.model)
         if c.optim.optimizer == "muon":

@@ -93,7 +93,9 @@ def augmentations(cfg) -> list[str]:
     words = {"crop": f"translations by up to {cfg.data.translate} pixels",
              "affine": f"rotations by up to {cfg.data.rotate:g} degrees and changes of scale by up to "
                        f"{100 * cfg.data.zoom:g}%"}
-    return [*(words.get(kind, kind) for kind in cfg.data.augment), *mixing]
+    applied = [*(words.get(kind, kind) for kind in cfg.data.augment), *mixing]
+    clean = [f"none in the last {cfg.data.clean_epochs} epochs"] if applied and cfg.data.clean_epochs else []
+    return applied + clean
 
 
 def input_map(cfg) -> str:

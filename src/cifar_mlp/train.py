@@ -266,8 +266,10 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     (train.grad_norms) each weight layer's gradient norm summed over the steps, else None.
     With mixup/cutmix the loss is against the blended labels, the accuracy against the label with the larger
     share of each blended image; with a teacher, the loss is against each label blended with the teacher's
-    probabilities for that image, the accuracy against the label."""
+    probabilities for that image, the accuracy against the label. The last data.clean_epochs epochs train on the
+    images as they are, without augmentation or mixing."""
     model.train()
+    clean = epoch > cfg.train.epochs - cfg.data.clean_epochs
     device = split.images.device
     n = len(split.labels)
     steps_per_epoch = batch_count(n, cfg.train.batch_size)
@@ -284,11 +286,11 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
             group["lr"] = lr
         lrs.append(lr)
         x, y = torch.index_select(split.images, 0, idx, out=buffer[: len(idx)]), split.labels[idx]
-        if cfg.data.augment:
+        if cfg.data.augment and not clean:
             x = augment(x, cfg.data.augment, cfg.data.translate, cfg.data.rotate, cfg.data.zoom, cfg.data.colour,
                         (split.mean, split.std))
         target = y
-        if cfg.data.mix != "none":
+        if cfg.data.mix != "none" and not clean:
             x, target = mix(x, y, cfg.data.mix, cfg.data.mix_alpha)
             y = target.argmax(1)
         if teacher_probs is not None:
