@@ -51,6 +51,8 @@ def test_config_from_a_toml_path(tmp_path):
         ({"optim": {"warmup_epochs": 100.0}}, "exceeds train.epochs"),
         ({"data": {"clean_epochs": 100}}, r"data.clean_epochs \(100\) exceeds train.epochs"),
         ({"data": {"clean_epochs": -1}}, r"data.clean_epochs must be a finite number in \[0, "),
+        ({"train": {"dropout_off_epochs": 100}}, r"train.dropout_off_epochs \(100\) exceeds train.epochs"),
+        ({"train": {"dropout_off_epochs": -1}}, r"train.dropout_off_epochs must be a finite number in \[0, "),
         ({"optim": {"ema_decay": 1.0}}, r"optim.ema_decay must be a finite number in \[0, 1\)"),
         ({"data": {"mix": "mosaic"}}, "data.mix must be one of cutmix, mixup, none"),
         ({"data": {"mix_alpha": 0.0}}, r"data.mix_alpha must be a finite number in \(0, "),

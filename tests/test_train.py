@@ -365,6 +365,24 @@ def test_the_last_clean_epochs_train_on_the_images_as_they_are(tiny_config, synt
         assert (unchanged_images() == len(split.labels)) == (epoch == 2)
 
 
+def test_the_last_dropout_off_epochs_train_with_every_dropout_off(tiny_config, synthetic_root):
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, dropout=0.5, input_dropout=0.2),
+                              train=dataclasses.replace(tiny_config.train, epochs=3, batch_size=16,
+                                                        dropout_off_epochs=2))
+    split = make_splits(load_cifar10(synthetic_root, allow_download=False), 5, 0, "cpu").train
+    model = MLP(cfg.model)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    changed = []
+    for module in dropouts:
+        module.register_forward_hook(lambda _, inputs, output: changed.append(not torch.equal(inputs[0], output)))
+    optimizer, loss_fn = train.make_optimizer(model, cfg), torch.nn.CrossEntropyLoss()
+    torch.manual_seed(0)
+    for epoch in (1, 2, 3):
+        changed.clear()
+        train.train_epoch(model, optimizer, loss_fn, split, cfg, torch.Generator().manual_seed(epoch), epoch=epoch)
+        assert changed and all(changed) == (epoch == 1) and any(changed) == (epoch == 1)
+
+
 def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
     torch.manual_seed(0)
     model = MLP(ModelConfig(widths=[32, 16], dropout=0.0)).train()

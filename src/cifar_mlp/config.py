@@ -77,6 +77,7 @@ class TrainConfig:
     teacher: str = ""  # distillation: a run directory (or checkpoint) whose predictions the targets blend in
     recalibrate_norm: int = 0  # BatchNorm statistics recomputed from this many train images, dropout off, each
     # epoch before validation (train.recalibrate_batch_norm); 0: off, the statistics training kept
+    dropout_off_epochs: int = 0  # the last this many epochs train with every dropout off, as evaluation runs
 
 
 @dataclass
@@ -177,6 +178,7 @@ RANGES = {
     "train.batch_size": (1, 2**31 - 1, True, True),
     "train.seed": (0, SEED_MAX, True, True),
     "train.recalibrate_norm": (0, 10**7, True, True),
+    "train.dropout_off_epochs": (0, 10**6, True, True),
 }
 
 
@@ -204,6 +206,9 @@ def validate(c: Config) -> None:
     if c.data.clean_epochs > c.train.epochs:
         raise UserError(f"config: data.clean_epochs ({c.data.clean_epochs}) exceeds train.epochs "
                         f"({c.train.epochs}); set it to at most train.epochs, or 0 to augment every epoch")
+    if c.train.dropout_off_epochs > c.train.epochs:
+        raise UserError(f"config: train.dropout_off_epochs ({c.train.dropout_off_epochs}) exceeds train.epochs "
+                        f"({c.train.epochs}); set it to at most train.epochs, or 0 to keep dropout every epoch")
     if c.model.architecture == "cnn":
         check_comparator(c.model)
         if c.optim.optimizer == "muon":

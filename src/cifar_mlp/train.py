@@ -267,8 +267,12 @@ def train_epoch(model, optimizer, loss_fn, split, cfg: Config, shuffle: torch.Ge
     With mixup/cutmix the loss is against the blended labels, the accuracy against the label with the larger
     share of each blended image; with a teacher, the loss is against each label blended with the teacher's
     probabilities for that image, the accuracy against the label. The last data.clean_epochs epochs train on the
-    images as they are, without augmentation or mixing."""
+    images as they are, without augmentation or mixing; the last train.dropout_off_epochs with dropout off."""
     model.train()
+    if epoch > cfg.train.epochs - cfg.train.dropout_off_epochs:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.eval()
     clean = epoch > cfg.train.epochs - cfg.data.clean_epochs
     device = split.images.device
     n = len(split.labels)
