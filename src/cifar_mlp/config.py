@@ -203,12 +203,11 @@ def validate(c: Config) -> None:
         raise UserError("config: model.widths must be a non-empty list of positive ints, e.g. [512, 256, 128]")
     if c.optim.warmup_epochs > c.train.epochs:
         raise UserError(f"config: optim.warmup_epochs ({c.optim.warmup_epochs}) exceeds train.epochs")
-    if c.data.clean_epochs > c.train.epochs:
-        raise UserError(f"config: data.clean_epochs ({c.data.clean_epochs}) exceeds train.epochs "
-                        f"({c.train.epochs}); set it to at most train.epochs, or 0 to augment every epoch")
-    if c.train.dropout_off_epochs > c.train.epochs:
-        raise UserError(f"config: train.dropout_off_epochs ({c.train.dropout_off_epochs}) exceeds train.epochs "
-                        f"({c.train.epochs}); set it to at most train.epochs, or 0 to keep dropout every epoch")
+    for key, tail, otherwise in (("data.clean_epochs", c.data.clean_epochs, "augment every epoch"),
+                                 ("train.dropout_off_epochs", c.train.dropout_off_epochs, "keep dropout every epoch")):
+        if tail > c.train.epochs:
+            raise UserError(f"config: {key} ({tail}) exceeds train.epochs ({c.train.epochs}); set it to at most "
+                            f"train.epochs, or 0 to {otherwise}")
     if c.model.architecture == "cnn":
         check_comparator(c.model)
         if c.optim.optimizer == "muon":
