@@ -43,6 +43,8 @@ class ModelConfig:
     # layer; pca/zca whiten, project keeps the top principal components unwhitened (model.fit_whitening)
     whitening_dims: int = 3072  # principal components kept by pca and project
     whitening_eps: float = 0.01  # added to each eigenvalue before the inverse square root
+    pretrain_epochs: int = 0  # epochs of a zero-bias autoencoder pretraining each first hidden layer (pretrain.py)
+    pretrain_threshold: float = 1.0  # a unit codes its input w.x where it exceeds this (x standardised per feature)
     members: int = 1  # an ensemble: this many MLPs trained independently side by side, their probabilities averaged
 
 
@@ -163,6 +165,8 @@ RANGES = {
     "model.whitening_eps": (0, 1e6, False, True),
     "model.members": (1, 1000, True, True),
     "model.bottleneck": (0, 2**31 - 1, True, True),
+    "model.pretrain_epochs": (0, 10**6, True, True),
+    "model.pretrain_threshold": (0, 1e6, True, True),
     "optim.lr": (0, 1e3, False, True),
     "optim.momentum": (0, 1, True, False),
     "optim.weight_decay": (0, 1e3, True, True),

@@ -18,7 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from cifar_mlp import UserError, checkpoint, environment, rundir, tensorboard_log
+from cifar_mlp import UserError, checkpoint, environment, pretrain, rundir, tensorboard_log
 from cifar_mlp.config import Config, validate
 from cifar_mlp.data import (
     CLASSES,
@@ -366,6 +366,12 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
     model = (checkpoint.build_model(resumed, last_path, cfg.model) if resumed else build_model(cfg.model)).to(device)
     if model.whitened and not resumed:
         model.fit_input_map(splits.train.images)
+    pretrain_s = 0.0  # counted in the first epoch's time: pretraining is part of the training budget
+    if cfg.model.pretrain_epochs and not resumed:
+        pretrain_start = time.perf_counter()
+        pretrain.pretrain(model, splits.train.images, cfg.model.pretrain_epochs, cfg.model.pretrain_threshold,
+                          cfg.train.seed)
+        pretrain_s = time.perf_counter() - pretrain_start
     ema = make_ema(model, cfg)
     if resumed and ("trained_model" in resumed) != (ema is not None):
         raise UserError(f"cannot resume {run_dir}: it was trained {'with' if ema is None else 'without'} an EMA of "
@@ -401,7 +407,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, allow_download: bool, resume: b
             val_loss = loss_fn(val_logits, splits.validation.labels).item()
             val_acc = (val_logits.argmax(1) == splits.validation.labels).float().mean().item()
             train_loss = loss_sum.item() / n
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start + (pretrain_s if epoch == 1 else 0.0)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 kept = f"the last good checkpoint is {last_path}" if history else "no checkpoint was written"
                 raise UserError(f"training diverged: the loss became {train_loss} at epoch {epoch}; {kept}; "
