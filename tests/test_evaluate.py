@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cifar_mlp import UserError
+from cifar_mlp import UserError, rundir
 from cifar_mlp.data import CLASSES, SPLIT_NAMES
 from cifar_mlp.evaluate import calibration_bins, evaluate_run, split_metrics
 
@@ -137,6 +137,14 @@ def test_files_agree_with_scikit_learn_on_the_same_predictions(evaluated):
         assert cm[0][1:] == list(CLASSES) and [row[0] for row in cm[1:]] == list(CLASSES)
         np.testing.assert_array_equal(np.array([[int(v) for v in row[1:]] for row in cm[1:]]),
                                       confusion_matrix(y, pred, labels=LABELS))
+
+
+def test_read_predictions_gives_what_evaluate_wrote(evaluated):
+    out, metrics = evaluated
+    labels, probs = rundir.read_predictions(out, "test")
+    rows = read_csv(out / "predictions_test.csv")[1:]
+    assert labels == [int(r[2]) for r in rows] and np.array(probs).shape == (len(rows), len(CLASSES))
+    assert accuracy_score(labels, np.array(probs).argmax(1)) == pytest.approx(metrics["splits"]["test"]["accuracy"])
 
 
 def test_images_exist_with_sensible_sizes(evaluated):

@@ -311,6 +311,24 @@ def test_damaged_history_csv_and_its_repair(evaluated_copy, tmp_path, damage):
     write_report(copy)
 
 
+def edit_first_row(path, edit):
+    lines = path.read_text().split("\n")
+    path.write_text("\n".join([lines[0], edit(lines[1]), *lines[2:]]))
+
+
+@pytest.mark.parametrize("damage", [lambda p: truncate(p, 0.6), lambda p: p.write_text(""), lambda p: p.unlink(),
+                                    lambda p: edit_first_row(p, lambda row: row.rsplit(",", 1)[0] + ",x"),
+                                    lambda p: edit_first_row(p, lambda row: row.rsplit(",", 1)[0] + ",nan"),
+                                    lambda p: edit_first_row(p, lambda row: row + ",0.1"),
+                                    lambda p: edit_first_row(p, lambda row: row.rsplit(",", 1)[0])])
+def test_damaged_predictions_csv(evaluated_copy, damage):
+    copy, _ = evaluated_copy
+    damage(copy / "predictions_validation.csv")
+    message = one_line_error(lambda: rundir.read_predictions(copy, "validation"))
+    assert "predictions_validation.csv is" in message
+    assert f"`cifar-mlp evaluate RUN --splits validation --out {copy}`" in message
+
+
 @pytest.mark.parametrize("name", ["config.json", "environment.json"])
 def test_damaged_json_written_by_train_and_its_repair(evaluated_copy, name):
     copy, root = evaluated_copy

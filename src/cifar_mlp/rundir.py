@@ -170,6 +170,29 @@ def read_history(run_dir) -> list[dict]:
     return history
 
 
+def read_predictions(folder, split: str) -> tuple[list[int], list[list[float]]]:
+    """The true labels and predicted probabilities of predictions_SPLIT.csv, which cifar-mlp evaluate writes into
+    its --out folder (by default the run directory); a damaged file is a one-line error."""
+    path = Path(folder) / f"predictions_{split}.csv"
+    fix = f"`cifar-mlp evaluate RUN --splits {split} --out {folder}`"
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; write it with {fix}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}); write it again with {fix}") from None
+    try:
+        labels = [int(row["true"]) for row in rows]
+        probs = [[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows]  # a longer row: k None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path} is damaged (a row is incomplete or not numeric); write it again with {fix}") from None
+    if not rows or len({len(p) for p in probs}) != 1 or not all(math.isfinite(v) for p in probs for v in p):
+        raise UserError(f"{path} is damaged (no rows, rows of unequal length or a non-finite value); write it "
+                        f"again with {fix}")
+    return labels, probs
+
+
 _held: dict[Path, int] = {}
 
 
