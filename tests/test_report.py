@@ -7,7 +7,15 @@ import subprocess
 import pytest
 
 from cifar_mlp import UserError, config
-from cifar_mlp.report import augmentations, compare, diagnose, input_map, preprocessing, write_report
+from cifar_mlp.report import (
+    augmentations,
+    compare,
+    diagnose,
+    input_map,
+    preprocessing,
+    pretraining_sentence,
+    write_report,
+)
 from cifar_mlp.rundir import read_history
 
 
@@ -50,6 +58,16 @@ def test_set_up_names_the_fixed_input_map():
         "normalised per channel with the train split's mean and std, then each image standardised over its 3,072 "
         "values (in the model), then a projection onto the top 256 principal components (not whitened), fitted on "
         "the train split and fixed")
+
+
+def test_set_up_says_whether_the_first_layer_was_pretrained():
+    assert pretraining_sentence(config.load("best-noaug")) == ""
+    assert pretraining_sentence(config.load("fast")) == (
+        " Before training, the network's first hidden layer took the weights of a zero-bias autoencoder trained for "
+        "20 epochs on the train images as that layer sees them (threshold 0.5; model.pretrain_epochs); its time is "
+        "counted in the first epoch's.")
+    assert "each network's first hidden layer" in pretraining_sentence(
+        config.load("best-noaug", ["model.pretrain_epochs=3"]))
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,17 @@ def model_sentence(model) -> str:
             "network's own cross-entropy, and the ensemble predicts the mean of their softmax probabilities.")
 
 
+def pretraining_sentence(cfg) -> str:
+    """How the first hidden layer started, where it was pretrained ("" where it started at random)."""
+    m = cfg.model
+    if not m.pretrain_epochs:
+        return ""
+    whose = "each network's" if m.members > 1 else "the network's"
+    return (f" Before training, {whose} first hidden layer took the weights of a zero-bias autoencoder trained for "
+            f"{m.pretrain_epochs} epochs on the train images as that layer sees them (threshold "
+            f"{m.pretrain_threshold:g}; model.pretrain_epochs); its time is counted in the first epoch's.")
+
+
 def read_run(run_dir: Path) -> dict:
     """The files a report needs; a clear error if the run is unfinished or unevaluated."""
     run_dir = Path(run_dir)
@@ -161,7 +172,7 @@ def build(run_dir: Path) -> list[tuple]:
               f"(stratified, {split['val_per_class']} per class, split seed {split['split_seed']}, fingerprint "
               f"{split['fingerprint']}) / {split['sizes']['test']:,} official test images. Preprocessing: pixels "
               f"scaled to [0, 1], then {preprocessing(cfg)}; augmentation: {', '.join(augmentations(cfg)) or 'none'}."),
-        ("p", model_sentence(model)),
+        ("p", model_sentence(model) + pretraining_sentence(cfg)),
         ("code", describe(model[0] if isinstance(model, nn.ModuleList) else model)),
         table(["hyperparameter", "value"],
               [[f"{section}.{k}", v] for section, values in run["config"].items() for k, v in values.items()]),
