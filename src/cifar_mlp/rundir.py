@@ -143,17 +143,23 @@ def read_robustness(run_dir) -> dict | None:
     return read_json(path, f"`cifar-mlp robustness {run_dir} --out DIR`", ("transforms", "summary"))
 
 
-def read_history(run_dir) -> list[dict]:
-    """history.csv as one dict per epoch; a truncated or edited file is a one-line error."""
-    path = Path(run_dir) / HISTORY
-    fix = resume_command(run_dir)
+def read_csv_rows(path: Path, fix: str) -> list[dict]:
+    """A CSV file's rows as dicts keyed by its header; a missing or unreadable file is a one-line error naming fix,
+    the command that writes it again."""
     try:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            return list(csv.DictReader(f))
     except FileNotFoundError:
         raise UserError(f"{path} is missing; write it with {fix}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is damaged ({type(e).__name__}); write it again with {fix}") from None
+
+
+def read_history(run_dir) -> list[dict]:
+    """history.csv as one dict per epoch; a truncated or edited file is a one-line error."""
+    path = Path(run_dir) / HISTORY
+    fix = resume_command(run_dir)
+    rows = read_csv_rows(path, fix)
     history = []
     for number, row in enumerate(rows, start=1):
         try:
@@ -175,13 +181,7 @@ def read_predictions(folder, split: str) -> tuple[list[int], list[list[float]]]:
     its --out folder (by default the run directory); a damaged file is a one-line error."""
     path = Path(folder) / f"predictions_{split}.csv"
     fix = f"`cifar-mlp evaluate RUN --splits {split} --out {folder}`"
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing; write it with {fix}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}); write it again with {fix}") from None
+    rows = read_csv_rows(path, fix)
     try:
         labels = [int(row["true"]) for row in rows]
         probs = [[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows]  # a longer row: k None
